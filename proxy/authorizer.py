@@ -1,0 +1,348 @@
+"""Step 4: decide whether credentials may call a service: in-process cache → Redis → 3scale on a miss.
+
+A cached, allowed request costs a dict lookup: when the local copy is older than `local_ttl` it is still
+served while one background task re-reads Redis. Misses are single-flight per key, rejections are cached
+for `negative_ttl`, and the cache mode decides what happens when 3scale cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Literal
+
+from .config import CacheSettings, ServiceSettings
+from .metrics import Metrics
+from .store import Store, StoreUnavailable, auth_key, credentials_digest
+from .threescale.client import ThreescaleClient
+from .threescale.errors import BackendUnavailable
+from .threescale.models import AppCredentials, AuthStatus, UsageReport
+
+log = logging.getLogger(__name__)
+
+Layer = Literal["local", "redis", "backend", "stale", "fallback"]
+
+# Codes that mean *our* configuration is wrong (token, service id), not the caller's key.
+SERVICE_CONFIG_CODES = frozenset(
+    {
+        "service_token_invalid",
+        "service_id_invalid",
+        "service_id_missing",
+        "provider_key_invalid",
+        "provider_key_invalid_or_service_missing",
+        "provider_key_or_service_token_required",
+    }
+)
+BACKEND_UNAVAILABLE = "backend_unavailable"
+_QUOTED = re.compile(r'\s*"[^"]*"')
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDecision:
+    """What is known about one set of credentials, with the times it may be used until (epoch seconds)."""
+
+    allowed: bool
+    fresh_until: float
+    stale_until: float
+    code: str | None = None
+    reason: str | None = None
+    plan: str | None = None
+    usage_reports: tuple[UsageReport, ...] = ()
+    hierarchy: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> Literal["allowed", "limits_exceeded", "backend_unavailable", "auth_failed"]:
+        """Which configured error answers a denial (see config.DEFAULT_ERRORS)."""
+        if self.allowed:
+            return "allowed"
+        if self.code == "limits_exceeded":
+            return "limits_exceeded"
+        if self.code == BACKEND_UNAVAILABLE or self.code in SERVICE_CONFIG_CODES:
+            return "backend_unavailable"
+        return "auth_failed"
+
+    def to_json(self) -> bytes:
+        """Compact JSON for Redis; datetimes as ISO strings."""
+        data: dict[str, Any] = {
+            "a": self.allowed,
+            "f": self.fresh_until,
+            "s": self.stale_until,
+            "c": self.code,
+            "r": self.reason,
+            "p": self.plan,
+            "u": [
+                [u.metric, u.period, _iso(u.period_start), _iso(u.period_end), u.max_value, u.current_value, u.exceeded]
+                for u in self.usage_reports
+            ],
+            "h": {k: list(v) for k, v in self.hierarchy.items()},
+        }
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> AuthDecision:
+        """Inverse of to_json; raises ValueError (or KeyError/TypeError) on a foreign value."""
+        d = json.loads(raw)
+        return cls(
+            allowed=bool(d["a"]),
+            fresh_until=float(d["f"]),
+            stale_until=float(d["s"]),
+            code=d.get("c"),
+            reason=d.get("r"),
+            plan=d.get("p"),
+            usage_reports=tuple(
+                UsageReport(m, p, _from_iso(ps), _from_iso(pe), int(mx), int(cur), bool(ex))
+                for m, p, ps, pe, mx, cur, ex in d.get("u", [])
+            ),
+            hierarchy={k: tuple(v) for k, v in d.get("h", {}).items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """A decision and the layer that produced it (for logs and metrics)."""
+
+    decision: AuthDecision
+    layer: Layer
+
+
+@dataclass(slots=True)
+class _LocalEntry:
+    decision: AuthDecision
+    check_after: float  # when to re-read Redis in the background
+
+
+class Authorizer:
+    """The two-level authorization cache in front of 3scale."""
+
+    def __init__(
+        self,
+        client: ThreescaleClient,
+        store: Store,
+        settings: CacheSettings,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._local: OrderedDict[str, _LocalEntry] = OrderedDict()
+        self._inflight: dict[str, asyncio.Task[AuthResult]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self.backend_reachable: bool | None = None
+
+    async def authorize(self, service: ServiceSettings, credentials: AppCredentials) -> AuthResult:
+        """The decision for these credentials; never raises for Redis or 3scale failures."""
+        digest = credentials_digest(service.id, credentials)
+        now = self._clock()
+        entry = self._local.get(digest)
+        if entry is not None and now < entry.decision.fresh_until:
+            self._metrics.auth_cache.labels(service.id, "local", "hit").inc()
+            if now >= entry.check_after and digest not in self._refreshing:
+                self._start_refresh(service, digest, entry)
+            return AuthResult(entry.decision, "local")
+        self._metrics.auth_cache.labels(service.id, "local", "miss").inc()
+        task = self._inflight.get(digest)
+        if task is None:
+            stale = entry.decision if entry is not None else None
+            task = asyncio.create_task(self._lookup(service, credentials, digest, stale))
+            self._inflight[digest] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(digest, None))
+        # shield: one caller going away (client disconnect) must not cancel the lookup others wait for
+        return await asyncio.shield(task)
+
+    def forget_local(self) -> None:
+        """Drop the in-process layer (tests; and a config reload would want it)."""
+        self._local.clear()
+
+    async def close(self) -> None:
+        """Cancel background refreshes and wait for in-flight lookups to end."""
+        for t in list(self._refreshing.values()):
+            t.cancel()
+        pending = [*self._refreshing.values(), *self._inflight.values()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ---------------------------------------------------------------------------------------- layers
+
+    async def _lookup(
+        self, service: ServiceSettings, credentials: AppCredentials, digest: str, stale: AuthDecision | None
+    ) -> AuthResult:
+        key = auth_key(service.id, digest)
+        shared = await self._read_shared(service, key)
+        now = self._clock()
+        if shared is not None:
+            if now < shared.fresh_until:
+                self._metrics.auth_cache.labels(service.id, "redis", "hit").inc()
+                self._remember(digest, shared, now)
+                return AuthResult(shared, "redis")
+            if stale is None or shared.fresh_until > stale.fresh_until:
+                stale = shared
+        self._metrics.auth_cache.labels(service.id, "redis", "miss").inc()
+        try:
+            status = await self._ask_backend(service, credentials)
+        except BackendUnavailable as exc:
+            self._metrics.auth_cache.labels(service.id, "backend", "miss").inc()
+            return self._when_backend_down(service, digest, stale, exc)
+        self._metrics.auth_cache.labels(service.id, "backend", "hit").inc()
+        decision = self._decide(status, self._clock())
+        self._remember(digest, decision, self._clock())
+        await self._write_shared(key, decision)
+        return AuthResult(decision, "backend")
+
+    async def _ask_backend(self, service: ServiceSettings, credentials: AppCredentials) -> AuthStatus:
+        started = time.perf_counter()
+        try:
+            status = await self._client.authorize(service.id, service.token, credentials)
+        except BackendUnavailable as exc:
+            self._metrics.backend_requests.labels("authorize", _failure_label(exc)).inc()
+            self._metrics.errors.labels("backend").inc()
+            self.backend_reachable = False
+            raise
+        finally:
+            self._metrics.backend_duration.labels("authorize").observe(time.perf_counter() - started)
+        self._metrics.backend_requests.labels("authorize", str(status.http_status)).inc()
+        self.backend_reachable = True
+        if status.code in SERVICE_CONFIG_CODES:
+            self._metrics.errors.labels("backend_config").inc()
+            log.error(
+                "3scale rejected the service's own credentials",
+                extra={"fields": {"service": service.id, "code": status.code}},
+            )
+        return status
+
+    def _when_backend_down(
+        self, service: ServiceSettings, digest: str, stale: AuthDecision | None, exc: BackendUnavailable
+    ) -> AuthResult:
+        """strict: deny what is not fresh; resilient: serve what was decided before; allow: let it through."""
+        now = self._clock()
+        mode = self._settings.mode
+        # Ask 3scale again for this key after a short pause, not on every request while it is down.
+        retry_at = now + max(self._settings.local_ttl, 1.0)
+        log.warning(
+            "3scale unreachable", extra={"fields": {"service": service.id, "mode": mode, "error": type(exc).__name__}}
+        )
+        if mode != "strict" and stale is not None and now < stale.stale_until:
+            served = replace(stale, fresh_until=min(retry_at, stale.stale_until))
+            self._remember(digest, served, now)
+            return AuthResult(served, "stale")
+        if mode == "allow":
+            allowed = AuthDecision(allowed=True, fresh_until=retry_at, stale_until=retry_at, code=BACKEND_UNAVAILABLE)
+            self._remember(digest, allowed, now)
+            return AuthResult(allowed, "fallback")
+        denied = AuthDecision(
+            allowed=False,
+            fresh_until=retry_at,
+            stale_until=retry_at,
+            code=BACKEND_UNAVAILABLE,
+            reason="3scale could not be reached",
+        )
+        self._remember(digest, denied, now)
+        return AuthResult(denied, "fallback")
+
+    def _decide(self, status: AuthStatus, now: float) -> AuthDecision:
+        """Turn 3scale's answer into a cacheable decision with its TTLs."""
+        s = self._settings
+        if status.authorized:
+            stale_for = 0.0 if s.mode == "strict" else s.stale_ttl
+            return AuthDecision(
+                allowed=True,
+                fresh_until=now + s.ttl,
+                stale_until=now + s.ttl + stale_for,
+                plan=status.plan,
+                usage_reports=status.usage_reports,
+                hierarchy=dict(status.hierarchy),
+            )
+        ttl = s.negative_ttl
+        if status.code == "limits_exceeded":
+            ttl = min(ttl, _seconds_to_reset(status.usage_reports, now))
+        return AuthDecision(
+            allowed=False,
+            fresh_until=now + ttl,
+            stale_until=now + ttl,
+            code=status.code or "authorization_failed",
+            reason=_scrub(status.reason),
+            plan=status.plan,
+            usage_reports=status.usage_reports,
+            hierarchy=dict(status.hierarchy),
+        )
+
+    # ---------------------------------------------------------------------------------------- storage
+
+    def _remember(self, digest: str, decision: AuthDecision, now: float) -> None:
+        self._local[digest] = _LocalEntry(decision, now + self._settings.local_ttl)
+        self._local.move_to_end(digest)
+        while len(self._local) > self._settings.local_max_entries:
+            self._local.popitem(last=False)
+
+    async def _read_shared(self, service: ServiceSettings, key: str) -> AuthDecision | None:
+        try:
+            raw = await self._store.get(key)
+        except StoreUnavailable:
+            self._metrics.errors.labels("redis").inc()
+            return None
+        if raw is None:
+            return None
+        try:
+            return AuthDecision.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring an unreadable cache entry", extra={"fields": {"service": service.id}})
+            return None
+
+    async def _write_shared(self, key: str, decision: AuthDecision) -> None:
+        ttl = decision.stale_until - self._clock()
+        if ttl <= 0:
+            return
+        try:
+            await self._store.set(key, decision.to_json(), ttl)
+        except StoreUnavailable:
+            self._metrics.errors.labels("redis").inc()
+
+    def _start_refresh(self, service: ServiceSettings, digest: str, entry: _LocalEntry) -> None:
+        """Re-read Redis in the background so replicas converge without a round trip on the hot path."""
+        entry.check_after = self._clock() + self._settings.local_ttl
+        task = asyncio.create_task(self._refresh(service, digest))
+        self._refreshing[digest] = task
+        task.add_done_callback(lambda _t: self._refreshing.pop(digest, None))
+
+    async def _refresh(self, service: ServiceSettings, digest: str) -> None:
+        shared = await self._read_shared(service, auth_key(service.id, digest))
+        now = self._clock()
+        current = self._local.get(digest)
+        if shared is None or current is None or now >= shared.fresh_until:
+            return
+        if shared.fresh_until >= current.decision.fresh_until:
+            self._remember(digest, shared, now)
+
+
+def _failure_label(exc: BackendUnavailable) -> str:
+    status = getattr(exc, "status", None)
+    return str(status) if status else type(exc).__name__.removeprefix("Backend").lower()
+
+
+def _seconds_to_reset(reports: tuple[UsageReport, ...], now: float) -> float:
+    """Until the earliest exceeded period ends, so a minute limit is not cached as denied for longer."""
+    ends = [u.period_end.timestamp() - now for u in reports if u.exceeded and u.period_end is not None]
+    return max(1.0, min(ends)) if ends else float("inf")
+
+
+def _scrub(reason: str | None) -> str | None:
+    """3scale's reasons quote the caller's key (`user key "K" is invalid`): drop quoted values."""
+    return _QUOTED.sub("", reason) if reason else reason
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

@@ -1,0 +1,84 @@
+"""`threescale-proxy serve | check-config | demo`: the commands a user runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from .config import ConfigError, load_settings
+
+log = logging.getLogger("threescale_proxy")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m proxy`; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="threescale-proxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", "-c", default=os.environ.get("PROXY_CONFIG"), help="YAML file (or $PROXY_CONFIG)")
+    check = sub.add_parser("check-config", help="validate configuration files and print every problem")
+    check.add_argument("files", nargs="+")
+    demo = sub.add_parser("demo", help="run the proxy with an embedded 3scale emulator and echo upstream")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--metrics-port", type=int, default=9090)
+    args = parser.parse_args(argv)
+
+    if args.command == "check-config":
+        return check_config(args.files)
+    if args.command == "serve":
+        return _serve(args.config)
+    from .demo import run_demo  # the demo pulls in the emulator; serve does not need it
+
+    return run_demo(args.host, args.port, args.metrics_port)
+
+
+def check_config(files: Sequence[str]) -> int:
+    """Print `FILE: key: message` per problem (exit 1), or `FILE: ok` for each valid file (exit 0)."""
+    failed = False
+    for path in files:
+        try:
+            settings = load_settings(path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            failed = True
+        else:
+            print(f"{path}: ok ({len(settings.services)} service{'s' if len(settings.services) != 1 else ''})")
+    return 1 if failed else 0
+
+
+def _serve(config_path: str | None) -> int:
+    from .app import ProxyServer
+    from .logs import setup_logging
+
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    setup_logging(settings.log.level)
+    server = ProxyServer(settings)
+    return asyncio.run(run_until_signal(server.start, server.stop))
+
+
+async def run_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> int:
+    """Start, wait for SIGTERM or SIGINT, stop; exit 0 on a clean stop (what ECS and Kubernetes expect)."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await start()
+    except OSError as exc:
+        log.error("cannot start", extra={"fields": {"error": str(exc)}})
+        await stop()
+        return 1
+    await stopping.wait()
+    log.info("signal received, stopping")
+    await stop()
+    return 0

@@ -1,0 +1,459 @@
+"""The one configuration schema: YAML file, `${VAR}` interpolation, `PROXY_*` overrides, validation.
+
+Every problem is collected and reported as `FILE: key.path: message` so an operator can fix them all at
+once; values of secret keys are never echoed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+import yaml
+
+ENV_PREFIX = "PROXY_"
+SECRET_KEYS = frozenset({"token", "password", "secret", "service_token"})
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "ANY"})
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; `str()` gives one `FILE: key: message` line per problem."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems))
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class ThreescaleSettings:
+    """Where the 3scale Service Management API is, and how long to wait for it."""
+
+    backend_url: str = "https://su1.3scale.net"
+    timeout: float = 5.0
+    pool_size: int = 100
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Authorization cache: TTLs per layer and what to do when 3scale cannot be reached."""
+
+    mode: Literal["strict", "resilient", "allow"] = "resilient"
+    ttl: float = 300.0
+    negative_ttl: float = 30.0
+    local_ttl: float = 2.0
+    stale_ttl: float = 86400.0
+    """How long after `ttl` a resilient proxy may still serve an entry while 3scale is down."""
+    local_max_entries: int = 100_000
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Batched usage reporting to 3scale."""
+
+    interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    """Which requests belong to a service: all given conditions must hold."""
+
+    host: str | None = None
+    path_prefix: str = "/"
+    header: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CredentialSettings:
+    """Where the caller's credentials are: names of the header or query parameters, or Basic auth."""
+
+    location: Literal["header", "query", "authorization"] = "header"
+    user_key: str | None = None
+    app_id: str | None = None
+    app_key: str | None = None
+
+    @property
+    def scheme(self) -> Literal["user_key", "app_id"]:
+        """user_key (3scale backend v1) unless app_id is configured (v2)."""
+        return "app_id" if self.app_id else "user_key"
+
+
+@dataclass(frozen=True)
+class MappingRuleSettings:
+    """One mapping rule: method + path pattern → metric and delta, as in 3scale's product config."""
+
+    pattern: str
+    method: str = "ANY"
+    metric: str = "hits"
+    delta: int = 1
+    last: bool = False
+
+
+@dataclass(frozen=True)
+class ErrorSettings:
+    """A configurable error answer, like APIcast's error_auth_failed & co; unset fields keep the default."""
+
+    status: int | None = None
+    message: str | None = None
+
+
+DEFAULT_ERRORS: dict[str, ErrorSettings] = {
+    "auth_missing": ErrorSettings(401, "Authentication parameters missing"),
+    "auth_failed": ErrorSettings(403, "Authentication failed"),
+    "no_match": ErrorSettings(404, "No mapping rule matched"),
+    "limits_exceeded": ErrorSettings(429, "Usage limit exceeded"),
+    "backend_unavailable": ErrorSettings(503, "Authorization service unavailable"),
+}
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """A 3scale service (product) and the upstream it fronts."""
+
+    id: str
+    token: str = field(repr=False)
+    upstream: str
+    upstream_timeout: float = 28.0
+    match: MatchSettings | None = None
+    credentials: CredentialSettings = field(default_factory=lambda: CredentialSettings(user_key="x-api-key"))
+    strip_credentials: bool = True
+    mapping_rules: list[MappingRuleSettings] = field(
+        default_factory=lambda: [MappingRuleSettings(pattern="/", method="ANY", metric="hits", delta=1)]
+    )
+    errors: dict[str, ErrorSettings] = field(default_factory=dict)
+
+    def error(self, name: str) -> ErrorSettings:
+        """The service's answer for an error kind, each unset field falling back to the default."""
+        default, custom = DEFAULT_ERRORS[name], self.errors.get(name)
+        if custom is None:
+            return default
+        return ErrorSettings(custom.status or default.status, custom.message or default.message)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Headers API Gateway maps from its request context (names are configurable)."""
+
+    stage_header: str | None = "x-apigw-stage"
+    request_id_header: str | None = "x-apigw-request-id"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Logging: level and whether to write one JSON line per request."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration of one proxy process."""
+
+    services: list[ServiceSettings]
+    listen: str = "0.0.0.0:8080"
+    metrics_listen: str = "0.0.0.0:9090"
+    redis_url: str = "memory://"
+    threescale: ThreescaleSettings = field(default_factory=ThreescaleSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load, interpolate, override and validate; raises ConfigError naming every bad key and the file."""
+    env = os.environ if env is None else env
+    source = str(path) if path is not None else "<environment>"
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(source, [("", f"cannot read file: {exc.strerror or exc}")]) from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(source, [("", f"{where}{problem}")]) from None
+        if raw is None:
+            raw = {}
+    return settings_from_dict(raw, source=source, env=env)
+
+
+def settings_from_dict(raw: Any, *, source: str = "<config>", env: Mapping[str, str] | None = None) -> Settings:
+    """Validate an already-parsed document (used by tests and the demo as well as by load_settings)."""
+    env = os.environ if env is None else env
+    problems: list[tuple[str, str]] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [("", "the top level must be a mapping of keys")])
+    raw = _interpolate(raw, "", env, problems)
+    _apply_env_overrides(raw, env, problems)
+    settings = _build(Settings, raw, "", problems)
+    if settings is not None:
+        _check_semantics(settings, problems)
+    if problems or settings is None:
+        raise ConfigError(source, problems or [("", "invalid configuration")])
+    return settings
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, path: str, env: Mapping[str, str], problems: list[tuple[str, str]]) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; a missing variable is a problem of that key."""
+    if isinstance(node, dict):
+        return {k: _interpolate(v, _join(path, str(k)), env, problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append((path, f"environment variable {name} is not set"))
+            return ""
+
+        return _VAR.sub(repl, node)
+    return node
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: list[tuple[str, str]]) -> None:
+    """`PROXY_CACHE__TTL=60` sets cache.ttl; `PROXY_SERVICES__0__TOKEN` sets services[0].token."""
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name == "PROXY_CONFIG":
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        node: Any = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    problems.append((name, f"no list item {part!r} to override"))
+                    break
+                idx = int(part)
+                if last:
+                    node[idx] = yaml.safe_load(env[name]) if env[name] else ""
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = _scalar(env[name])
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                problems.append((name, "overrides a key that is not a mapping"))
+                break
+
+
+def _scalar(text: str) -> Any:
+    """Read an environment value as a YAML scalar so `60` is a number and `true` a boolean."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, str | int | float | bool) or value is None else text
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _build(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """Check `value` against the type hint `tp`, recursing into dataclasses, lists and dicts."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _build(args[0], value, path, problems)
+    if origin is Literal:
+        choices = get_args(tp)
+        if isinstance(value, str) and value.lower() in choices:
+            return value.lower()
+        problems.append((path, f"must be one of {', '.join(choices)}, got {value!r}"))
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append((path, "must be a list"))
+            return None
+        (item_tp,) = get_args(tp)
+        return [_build(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append((path, "must be a mapping"))
+            return None
+        _, val_tp = get_args(tp)
+        return {str(k): _build(val_tp, v, _join(path, str(k)), problems) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, path, problems)
+    return _build_scalar(tp, value, path, problems)
+
+
+def _build_scalar(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    key = path.rsplit(".", 1)[-1]
+    shown = "" if key in SECRET_KEYS else f", got {value!r}"
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        problems.append((path, f"must be true or false{shown}"))
+        return None
+    if tp in (int, float):
+        if isinstance(value, bool):
+            problems.append((path, f"must be a number{shown}"))
+            return None
+        if isinstance(value, int | float):
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                problems.append((path, f"must be a whole number{shown}"))
+                return None
+            return tp(value)
+        if isinstance(value, str):
+            try:
+                return tp(value.strip())
+            except ValueError:
+                pass
+        problems.append((path, f"must be a {'whole ' if tp is int else ''}number{shown}"))
+        return None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # ids like 2555417777820 written without quotes
+        problems.append((path, "must be a string"))
+        return None
+    raise TypeError(f"unsupported config type {tp!r}")  # a schema bug, not a user error
+
+
+def _build_dataclass(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    if not isinstance(value, dict):
+        problems.append((path or "<top>", "must be a mapping"))
+        return None
+    hints = typing.get_type_hints(tp)
+    fields = {f.name: f for f in dataclasses.fields(tp)}
+    for key in value:
+        if key not in fields:
+            near = [n for n in fields if n.startswith(str(key)[:3])]
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            problems.append((_join(path, str(key)), f"unknown key{hint}"))
+    kwargs: dict[str, Any] = {}
+    before = len(problems)
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _build(hints[name], value[name], _join(path, name), problems)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append((_join(path, name), "is required"))
+    if len(problems) > before:
+        return None
+    return tp(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------- semantics
+
+
+def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
+    """Checks that span keys or need parsing: addresses, URLs, TTLs, services and their rules."""
+    for key in ("listen", "metrics_listen"):
+        try:
+            parse_listen(getattr(s, key))
+        except ValueError as exc:
+            problems.append((key, str(exc)))
+    scheme = urlsplit(s.redis_url).scheme
+    if scheme not in ("redis", "rediss", "unix", "memory"):
+        problems.append(("redis_url", "scheme must be redis://, rediss://, unix:// or memory://"))
+    if not _is_http_url(s.threescale.backend_url):
+        problems.append(("threescale.backend_url", "must be an http:// or https:// URL"))
+    for key in ("timeout",):
+        if getattr(s.threescale, key) <= 0:
+            problems.append((f"threescale.{key}", "must be greater than 0"))
+    for key in ("ttl", "negative_ttl", "local_ttl", "stale_ttl"):
+        if getattr(s.cache, key) < 0:
+            problems.append((f"cache.{key}", "must not be negative"))
+    if s.cache.local_ttl > s.cache.ttl:
+        problems.append(("cache.local_ttl", "must not be greater than cache.ttl"))
+    if s.report.interval <= 0:
+        problems.append(("report.interval", "must be greater than 0"))
+    if not s.services:
+        problems.append(("services", "at least one service is required"))
+    seen: set[str] = set()
+    for i, svc in enumerate(s.services):
+        _check_service(svc, f"services[{i}]", len(s.services), problems)
+        if svc.id in seen:
+            problems.append((f"services[{i}].id", f"duplicate service id {svc.id!r}"))
+        seen.add(svc.id)
+
+
+def _check_service(svc: ServiceSettings, path: str, count: int, problems: list[tuple[str, str]]) -> None:
+    if not svc.id.strip():
+        problems.append((f"{path}.id", "must not be empty"))
+    if not svc.token:
+        problems.append((f"{path}.token", "must not be empty"))
+    if not _is_http_url(svc.upstream):
+        problems.append((f"{path}.upstream", "must be an http:// or https:// URL"))
+    if svc.upstream_timeout <= 0:
+        problems.append((f"{path}.upstream_timeout", "must be greater than 0"))
+    if count > 1 and svc.match is None:
+        problems.append((f"{path}.match", "is required when more than one service is configured"))
+    if svc.match is not None and not svc.match.path_prefix.startswith("/"):
+        problems.append((f"{path}.match.path_prefix", "must start with /"))
+    creds = svc.credentials
+    if creds.user_key and creds.app_id:
+        problems.append((f"{path}.credentials", "give either user_key or app_id (with app_key), not both"))
+    elif not creds.user_key and not creds.app_id:
+        if creds.location == "authorization":
+            pass  # Basic auth: the user name is the user_key
+        else:
+            problems.append((f"{path}.credentials", "needs user_key or app_id: the header or parameter name"))
+    if creds.app_key and not creds.app_id:
+        problems.append((f"{path}.credentials.app_key", "needs app_id"))
+    if not svc.mapping_rules:
+        problems.append((f"{path}.mapping_rules", "at least one mapping rule is required"))
+    for j, rule in enumerate(svc.mapping_rules):
+        rpath = f"{path}.mapping_rules[{j}]"
+        if rule.method.upper() not in HTTP_METHODS:
+            problems.append((f"{rpath}.method", f"must be an HTTP method or ANY, got {rule.method!r}"))
+        if not rule.pattern.startswith("/"):
+            problems.append((f"{rpath}.pattern", "must start with /"))
+        if not rule.metric:
+            problems.append((f"{rpath}.metric", "must not be empty"))
+        if rule.delta < 0:
+            problems.append((f"{rpath}.delta", "must not be negative"))
+    for name, err in svc.errors.items():
+        if name not in DEFAULT_ERRORS:
+            problems.append((f"{path}.errors.{name}", f"unknown error kind; known: {', '.join(DEFAULT_ERRORS)}"))
+        elif err is not None and err.status is not None and not 100 <= err.status <= 599:
+            problems.append((f"{path}.errors.{name}.status", "must be an HTTP status code (100-599)"))
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port` (or `[v6]:port`, or `:port`) into a bindable pair."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)

@@ -1,0 +1,122 @@
+"""`threescale-proxy demo`: the proxy, the 3scale emulator and an echo upstream in one process.
+
+No Redis and no 3scale account: storage is `memory://` and 3scale is the project's emulator, so a new
+user sees the whole flow (401, 403, 200, 429) with one command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from .app import ProxyServer
+from .cli import run_until_signal
+from .config import settings_from_dict
+from .emulator import Emulator
+from .logs import setup_logging
+
+DEMO_SERVICE_ID = "2555417777820"
+DEMO_TOKEN = "demo-service-token"
+DEMO_KEY = "demo-key-5f3c9a1e7b2d4c68"
+DEMO_PER_MINUTE = 600
+
+
+def demo_emulator_config() -> dict[str, Any]:
+    """One service, one application on a plan of 600 hits a minute."""
+    return {
+        "services": [
+            {
+                "id": DEMO_SERVICE_ID,
+                "token": DEMO_TOKEN,
+                "backend_version": 1,
+                "metrics": {"hits": {}},
+                "plans": {"demo": {"limits": {"hits": {"minute": DEMO_PER_MINUTE}}}},
+                "applications": [{"user_key": DEMO_KEY, "plan": "demo"}],
+            }
+        ]
+    }
+
+
+def make_echo_app() -> web.Application:
+    """An upstream that answers every request with what it received, as JSON."""
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "headers": dict(request.headers),
+                "body_bytes": len(body),
+            }
+        )
+
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+async def _run(host: str, port: int, metrics_port: int) -> int:
+    emulator = Emulator(demo_emulator_config())
+    backend_url = await emulator.start(host="127.0.0.1", port=0)
+    echo_runner = web.AppRunner(make_echo_app(), access_log=None)
+    await echo_runner.setup()
+    echo_site = web.TCPSite(echo_runner, "127.0.0.1", 0)
+    await echo_site.start()
+    echo_port = echo_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    settings = settings_from_dict(
+        {
+            "listen": f"{host}:{port}",
+            "metrics_listen": f"{host}:{metrics_port}",
+            "redis_url": "memory://",
+            "threescale": {"backend_url": backend_url},
+            "services": [
+                {
+                    "id": DEMO_SERVICE_ID,
+                    "token": DEMO_TOKEN,
+                    "upstream": f"http://127.0.0.1:{echo_port}",
+                    "credentials": {"location": "header", "user_key": "x-api-key"},
+                    "mapping_rules": [{"method": "ANY", "pattern": "/", "metric": "hits", "delta": 1}],
+                }
+            ],
+        },
+        source="<demo>",
+        env={},
+    )
+    server = ProxyServer(settings)
+
+    async def start() -> None:
+        await server.start()
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(
+            "\n".join(
+                [
+                    "threescale-proxy demo is running (Ctrl-C to stop)",
+                    f"  proxy     http://{shown}:{server.port}",
+                    f"  metrics   http://{shown}:{server.metrics_port}/metrics  (/healthz, /readyz)",
+                    f"  3scale    {backend_url}  (emulator, service {DEMO_SERVICE_ID})",
+                    f"  upstream  http://127.0.0.1:{echo_port}  (echo)",
+                    f"  demo key  {DEMO_KEY}  ({DEMO_PER_MINUTE} hits a minute)",
+                    "Try:",
+                    f"  curl -i -H 'x-api-key: {DEMO_KEY}' http://{shown}:{server.port}/hello",
+                ]
+            ),
+            flush=True,
+        )
+
+    async def stop() -> None:
+        await server.stop()
+        await echo_runner.cleanup()
+        await emulator.stop()
+
+    return await run_until_signal(start, stop)
+
+
+def run_demo(host: str, port: int, metrics_port: int) -> int:
+    """Run until Ctrl-C or SIGTERM."""
+    setup_logging("info")
+    return asyncio.run(_run(host, port, metrics_port))

@@ -1,0 +1,108 @@
+"""Liveness and readiness, and the metrics endpoint, served on the metrics port.
+
+Readiness is 503 only while starting or draining: a Redis or 3scale outage is reported as "degraded"
+with 200, because taking every replica out of the load balancer would turn a partial outage into a total one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["starting", "ready", "draining"]
+
+
+class Health:
+    """The process's phase plus the last known reachability of Redis and 3scale."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.phase: Phase = "starting"
+        self.redis: Literal["up", "down", "memory", "unknown"] = "unknown"
+        self.threescale: Literal["up", "down", "unknown"] = "unknown"
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+
+    def readiness(self) -> tuple[int, dict[str, str]]:
+        """HTTP status and JSON body for /readyz."""
+        if self.phase != "ready":
+            return 503, {"status": self.phase, "redis": self.redis, "threescale": self.threescale}
+        degraded = self.redis == "down" or self.threescale == "down"
+        return 200, {"status": "degraded" if degraded else "ok", "redis": self.redis, "threescale": self.threescale}
+
+    def start_probes(
+        self,
+        redis_ping: Callable[[], Awaitable[bool]] | None,
+        threescale_ping: Callable[[], Awaitable[bool]],
+        interval: float = 5.0,
+    ) -> None:
+        """Probe in the background so /readyz answers at once, whatever the dependencies are doing."""
+        self._task = asyncio.create_task(self._probe_loop(redis_ping, threescale_ping, interval))
+
+    async def probe_once(
+        self, redis_ping: Callable[[], Awaitable[bool]] | None, threescale_ping: Callable[[], Awaitable[bool]]
+    ) -> None:
+        """One round of probes; each dependency's failure is recorded, never raised."""
+        if redis_ping is None:
+            self.redis = "memory"
+        else:
+            self.redis = "up" if await _safe(redis_ping) else "down"
+        self.threescale = "up" if await _safe(threescale_ping) else "down"
+
+    async def _probe_loop(
+        self,
+        redis_ping: Callable[[], Awaitable[bool]] | None,
+        threescale_ping: Callable[[], Awaitable[bool]],
+        interval: float,
+    ) -> None:
+        while True:
+            try:
+                await self.probe_once(redis_ping, threescale_ping)
+            except Exception:  # a probe loop must survive anything and keep reporting
+                log.exception("health probe failed")
+                self._metrics.errors.labels("health_probe").inc()
+            await asyncio.sleep(interval)
+
+    async def stop(self) -> None:
+        """Stop the probe loop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def make_app(self) -> web.Application:
+        """The metrics-port application: /healthz, /readyz, /metrics."""
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"status": "alive"})
+
+        async def readyz(_: web.Request) -> web.Response:
+            status, body = self.readiness()
+            return web.json_response(body, status=status)
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics)
+        return app
+
+
+async def _safe(ping: Callable[[], Awaitable[bool]]) -> bool:
+    try:
+        async with asyncio.timeout(2.0):
+            return await ping()
+    except Exception:
+        return False

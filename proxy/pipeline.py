@@ -1,0 +1,186 @@
+"""The chain a request passes: route → credentials → mapping → authorize → record → forward.
+
+Each step lives in its own module; this one only composes them, answers their errors as JSON, and writes
+the request's metrics and its one access-log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from . import credentials as creds_step
+from .authorizer import AuthDecision, Authorizer
+from .config import GatewaySettings, ServiceSettings
+from .forward import forward, json_error, upstream_headers, upstream_url
+from .logs import ACCESS_LOGGER, mask
+from .mapping import Mapper
+from .metrics import Metrics
+from .routing import Router
+from .threescale.models import AppCredentials
+from .transport import Transport
+from .usage import UsageAggregate
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRuntime:
+    """A service's settings with what is derived from them once: the compiled mapper and names to strip."""
+
+    settings: ServiceSettings
+    mapper: Mapper
+    strip_headers: tuple[str, ...]
+    strip_query: tuple[str, ...]
+
+    @classmethod
+    def build(cls, settings: ServiceSettings) -> ServiceRuntime:
+        names = creds_step.names_to_strip(settings.credentials) if settings.strip_credentials else ()
+        in_query = settings.credentials.location == "query"
+        return cls(
+            settings=settings,
+            mapper=Mapper(settings.mapping_rules),
+            strip_headers=() if in_query else names,
+            strip_query=names if in_query else (),
+        )
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the access log and metrics need to know about one request."""
+
+    service: str = "-"
+    status: int = 500
+    credentials: AppCredentials | None = None
+    cache: str | None = None
+    upstream_seconds: float | None = None
+    error: str | None = None
+
+
+class Pipeline:
+    """Handles every proxied request; owns no I/O resources itself (app.py builds and closes them)."""
+
+    def __init__(
+        self,
+        services: Sequence[ServiceSettings],
+        authorizer: Authorizer,
+        usage: UsageAggregate,
+        transport: Transport,
+        metrics: Metrics,
+        gateway: GatewaySettings,
+        *,
+        access_log_enabled: bool = True,
+    ) -> None:
+        self._router = Router(services)
+        self._services = {s.id: ServiceRuntime.build(s) for s in services}
+        self._authorizer = authorizer
+        self._usage = usage
+        self._transport = transport
+        self._metrics = metrics
+        self._gateway = gateway
+        self._access_log = access_log_enabled
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """aiohttp handler: every method, every path."""
+        started = time.perf_counter()
+        outcome = _Outcome()
+        try:
+            response = await self._handle(request, outcome)
+        except asyncio.CancelledError:
+            outcome.status = CLIENT_CLOSED
+            outcome.error = "client_closed"
+            raise
+        except Exception:
+            log.exception("unexpected error while handling a request")
+            self._metrics.errors.labels("internal").inc()
+            outcome.status, outcome.error = 500, "internal_error"
+            response = json_error(500, "internal_error", "The proxy failed to handle the request")
+        finally:
+            self._finish(request, outcome, time.perf_counter() - started)
+        return response
+
+    async def _handle(self, request: web.Request, outcome: _Outcome) -> web.StreamResponse:
+        service = self._router.route(request.host, request.path, request.headers)
+        if service is None:
+            outcome.status, outcome.error = 404, "no_service"
+            return json_error(404, "no_service", "No service is configured for this host and path")
+        outcome.service = service.id
+        runtime = self._services[service.id]
+
+        credentials = creds_step.extract(service.credentials, request.headers, request.query)
+        if credentials is None:
+            return self._error(service, "auth_missing", outcome)
+        outcome.credentials = credentials
+
+        usage = runtime.mapper.usage(request.method, request.path, request.query)
+        if usage is None:
+            return self._error(service, "no_match", outcome)
+
+        result = await self._authorizer.authorize(service, credentials)
+        outcome.cache = result.layer
+        if not result.decision.allowed:
+            return self._denied(service, result.decision, outcome)
+
+        self._usage.add(service.id, credentials, usage, time.time())
+
+        url = upstream_url(service.upstream, request.raw_path, runtime.strip_query)
+        headers = upstream_headers(request, runtime.strip_headers)
+        response, forwarded = await forward(request, self._transport, url, headers, service.upstream_timeout)
+        outcome.status = forwarded.status
+        outcome.upstream_seconds = forwarded.upstream_seconds
+        outcome.error = forwarded.error
+        if forwarded.error:
+            self._metrics.errors.labels(forwarded.error).inc()
+        if forwarded.upstream_seconds is not None:
+            self._metrics.upstream_duration.observe(forwarded.upstream_seconds)
+        return response
+
+    def _error(self, service: ServiceSettings, kind: str, outcome: _Outcome, **extra: str) -> web.Response:
+        answer = service.error(kind)
+        status = answer.status or 500
+        outcome.status, outcome.error = status, kind
+        return json_error(status, kind, answer.message or kind, **extra)
+
+    def _denied(self, service: ServiceSettings, decision: AuthDecision, outcome: _Outcome) -> web.Response:
+        kind = decision.kind
+        if kind == "limits_exceeded":
+            self._metrics.limited.labels(service.id, "backend").inc()
+        extra = {"reason": decision.code or kind}
+        if decision.reason:
+            extra["detail"] = decision.reason
+        return self._error(service, kind, outcome, **extra)
+
+    def _finish(self, request: web.Request, outcome: _Outcome, seconds: float) -> None:
+        stage = request.headers.get(self._gateway.stage_header, "") if self._gateway.stage_header else ""
+        self._metrics.requests.labels(outcome.service, request.method, str(outcome.status), stage).inc()
+        self._metrics.request_duration.observe(seconds)
+        if not self._access_log:
+            return
+        creds = outcome.credentials
+        fields = {
+            "service": outcome.service,
+            "method": request.method,
+            "path": request.path,
+            "status": outcome.status,
+            "key": mask(creds.identity) if creds else None,
+            "total_ms": round(seconds * 1000, 3),
+            "upstream_ms": round(outcome.upstream_seconds * 1000, 3) if outcome.upstream_seconds is not None else None,
+            "cache": outcome.cache,
+            "trace_id": request.headers.get("X-Amzn-Trace-Id"),
+            "request_id": request.headers.get(self._gateway.request_id_header)
+            if self._gateway.request_id_header
+            else None,
+            "stage": stage or None,
+            "client": request.remote,
+        }
+        if outcome.error:
+            fields["error"] = outcome.error
+        access_log.info("request", extra={"fields": fields})

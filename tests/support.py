@@ -1,0 +1,190 @@
+"""Real parts for tests: a redis-server process, an HTTP upstream, emulator config, proxy settings."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from proxy.config import settings_from_dict
+
+SERVICE_ID = "2555417777820"
+TOKEN = "svc-token-abc"
+KEY = "valid-key-0123456789"
+OTHER_KEY = "other-key-9876543210"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------------------ redis
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process owned by the tests; it can be killed and brought back on the same port."""
+
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server"
+            )
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        pytest.fail(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            s.recv(16)
+
+
+# ------------------------------------------------------------------------------------------------ upstream
+
+
+@dataclass
+class Upstream:
+    """A real HTTP upstream that records what reached it."""
+
+    url: str = ""
+    received: list[dict[str, Any]] = field(default_factory=list)
+    runner: web.AppRunner | None = None
+
+
+def make_upstream_app(upstream: Upstream) -> web.Application:
+    async def echo(request: web.Request) -> web.Response:
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_chunked(64 * 1024):  # never holds the whole body
+            digest.update(chunk)
+            size += len(chunk)
+        record = {
+            "method": request.method,
+            "path": request.path,
+            "raw_path": request.raw_path,
+            "headers": dict(request.headers),
+            "body_size": size,
+            "body_sha256": digest.hexdigest(),
+        }
+        upstream.received.append(record)
+        if request.path.startswith("/slow"):
+            await asyncio.sleep(float(request.query.get("seconds", "5")))
+        if request.path.startswith("/status/"):
+            return web.json_response(record, status=int(request.path.rsplit("/", 1)[1]))
+        if request.path.startswith("/download"):
+            size_mb = int(request.query.get("mb", "1"))
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            response.content_length = size_mb * 1024 * 1024
+            await response.prepare(request)
+            block = b"x" * (1024 * 1024)
+            for _ in range(size_mb):
+                await response.write(block)
+            await response.write_eof()
+            return response
+        return web.json_response(record, headers={"X-Upstream": "yes", "Connection": "keep-alive"})
+
+    app = web.Application(client_max_size=0)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+# ------------------------------------------------------------------------------------------------ 3scale
+
+
+def emulator_config(plan_limits: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+    return {
+        "services": [
+            {
+                "id": SERVICE_ID,
+                "token": TOKEN,
+                "backend_version": 1,
+                "metrics": {"hits": {}, "orders": {"parent": "hits"}},
+                "plans": {"basic": {"limits": plan_limits or {"hits": {"day": 1_000_000}}}},
+                "applications": [{"user_key": KEY, "plan": "basic"}, {"user_key": OTHER_KEY, "plan": "basic"}],
+            }
+        ]
+    }
+
+
+# ------------------------------------------------------------------------------------------------ proxy
+
+
+def proxy_settings(backend_url: str, upstream_url: str, redis_url: str = "memory://", **overrides: Any) -> Any:
+    service: dict[str, Any] = {
+        "id": SERVICE_ID,
+        "token": TOKEN,
+        "upstream": upstream_url,
+        "upstream_timeout": 2,
+        "mapping_rules": [
+            {"method": "ANY", "pattern": "/", "metric": "hits", "delta": 1},
+            {"method": "GET", "pattern": "/v1/orders/{id}$", "metric": "orders", "delta": 1},
+        ],
+    }
+    service.update(overrides.pop("service", {}))
+    raw: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "metrics_listen": "127.0.0.1:0",
+        "redis_url": redis_url,
+        "threescale": {"backend_url": backend_url, "timeout": 1},
+        "services": [service],
+        "log": {"access_log": False},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return settings_from_dict(raw, source="<test>", env={})
