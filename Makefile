@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` runs the proxy on embedded defaults,
+# `make test` runs the whole suite on a fresh Debian/Ubuntu machine with Python 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint unit integration e2e clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is required")'
+	@scripts/system-deps.sh venv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.run-installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.test-installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+demo: $(VENV)/.run-installed
+	$(BIN)/threescale-proxy demo
+
+test: $(VENV)/.test-installed
+	@scripts/system-deps.sh
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/pytest
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
+
+unit integration e2e: $(VENV)/.test-installed
+	$(BIN)/pytest tests/$@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
