@@ -27,6 +27,7 @@ from .threescale.models import AppCredentials, AuthStatus, UsageReport
 
 log = logging.getLogger(__name__)
 
+LocalKey = tuple[str, AppCredentials]  # (service id, credentials)
 Layer = Literal["local", "redis", "backend", "stale", "fallback"]
 
 # Codes that mean *our* configuration is wrong (token, service id), not the caller's key.
@@ -135,28 +136,28 @@ class Authorizer:
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
-        self._local: OrderedDict[str, _LocalEntry] = OrderedDict()
-        self._inflight: dict[str, asyncio.Task[AuthResult]] = {}
-        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._local: OrderedDict[LocalKey, _LocalEntry] = OrderedDict()
+        self._inflight: dict[LocalKey, asyncio.Task[AuthResult]] = {}
+        self._refreshing: dict[LocalKey, asyncio.Task[None]] = {}
         self.backend_reachable: bool | None = None
 
     async def authorize(self, service: ServiceSettings, credentials: AppCredentials) -> AuthResult:
         """The decision for these credentials; never raises for Redis or 3scale failures."""
-        digest = credentials_digest(service.id, credentials)
+        local_key = (service.id, credentials)  # hashing a small frozen dataclass: no digest on the hot path
         now = self._clock()
-        entry = self._local.get(digest)
+        entry = self._local.get(local_key)
         if entry is not None and now < entry.decision.fresh_until:
             self._metrics.auth_cache.labels(service.id, "local", "hit").inc()
-            if now >= entry.check_after and digest not in self._refreshing:
-                self._start_refresh(service, digest, entry)
+            if now >= entry.check_after and local_key not in self._refreshing:
+                self._start_refresh(service, local_key, entry)
             return AuthResult(entry.decision, "local")
         self._metrics.auth_cache.labels(service.id, "local", "miss").inc()
-        task = self._inflight.get(digest)
+        task = self._inflight.get(local_key)
         if task is None:
             stale = entry.decision if entry is not None else None
-            task = asyncio.create_task(self._lookup(service, credentials, digest, stale))
-            self._inflight[digest] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(digest, None))
+            task = asyncio.create_task(self._lookup(service, credentials, local_key, stale))
+            self._inflight[local_key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(local_key, None))
         # shield: one caller going away (client disconnect) must not cancel the lookup others wait for
         return await asyncio.shield(task)
 
@@ -175,15 +176,15 @@ class Authorizer:
     # ---------------------------------------------------------------------------------------- layers
 
     async def _lookup(
-        self, service: ServiceSettings, credentials: AppCredentials, digest: str, stale: AuthDecision | None
+        self, service: ServiceSettings, credentials: AppCredentials, local_key: LocalKey, stale: AuthDecision | None
     ) -> AuthResult:
-        key = auth_key(service.id, digest)
+        key = auth_key(service.id, credentials_digest(service.id, credentials))
         shared = await self._read_shared(service, key)
         now = self._clock()
         if shared is not None:
             if now < shared.fresh_until:
                 self._metrics.auth_cache.labels(service.id, "redis", "hit").inc()
-                self._remember(digest, shared, now)
+                self._remember(local_key, shared, now)
                 return AuthResult(shared, "redis")
             if stale is None or shared.fresh_until > stale.fresh_until:
                 stale = shared
@@ -192,10 +193,10 @@ class Authorizer:
             status = await self._ask_backend(service, credentials)
         except BackendUnavailable as exc:
             self._metrics.auth_cache.labels(service.id, "backend", "miss").inc()
-            return self._when_backend_down(service, digest, stale, exc)
+            return self._when_backend_down(service, local_key, stale, exc)
         self._metrics.auth_cache.labels(service.id, "backend", "hit").inc()
         decision = self._decide(status, self._clock())
-        self._remember(digest, decision, self._clock())
+        self._remember(local_key, decision, self._clock())
         await self._write_shared(key, decision)
         return AuthResult(decision, "backend")
 
@@ -221,7 +222,7 @@ class Authorizer:
         return status
 
     def _when_backend_down(
-        self, service: ServiceSettings, digest: str, stale: AuthDecision | None, exc: BackendUnavailable
+        self, service: ServiceSettings, local_key: LocalKey, stale: AuthDecision | None, exc: BackendUnavailable
     ) -> AuthResult:
         """strict: deny what is not fresh; resilient: serve what was decided before; allow: let it through."""
         now = self._clock()
@@ -233,11 +234,11 @@ class Authorizer:
         )
         if mode != "strict" and stale is not None and now < stale.stale_until:
             served = replace(stale, fresh_until=min(retry_at, stale.stale_until))
-            self._remember(digest, served, now)
+            self._remember(local_key, served, now)
             return AuthResult(served, "stale")
         if mode == "allow":
             allowed = AuthDecision(allowed=True, fresh_until=retry_at, stale_until=retry_at, code=BACKEND_UNAVAILABLE)
-            self._remember(digest, allowed, now)
+            self._remember(local_key, allowed, now)
             return AuthResult(allowed, "fallback")
         denied = AuthDecision(
             allowed=False,
@@ -246,7 +247,7 @@ class Authorizer:
             code=BACKEND_UNAVAILABLE,
             reason="3scale could not be reached",
         )
-        self._remember(digest, denied, now)
+        self._remember(local_key, denied, now)
         return AuthResult(denied, "fallback")
 
     def _decide(self, status: AuthStatus, now: float) -> AuthDecision:
@@ -278,9 +279,9 @@ class Authorizer:
 
     # ---------------------------------------------------------------------------------------- storage
 
-    def _remember(self, digest: str, decision: AuthDecision, now: float) -> None:
-        self._local[digest] = _LocalEntry(decision, now + self._settings.local_ttl)
-        self._local.move_to_end(digest)
+    def _remember(self, local_key: LocalKey, decision: AuthDecision, now: float) -> None:
+        self._local[local_key] = _LocalEntry(decision, now + self._settings.local_ttl)
+        self._local.move_to_end(local_key)
         while len(self._local) > self._settings.local_max_entries:
             self._local.popitem(last=False)
 
@@ -307,21 +308,22 @@ class Authorizer:
         except StoreUnavailable:
             self._metrics.errors.labels("redis").inc()
 
-    def _start_refresh(self, service: ServiceSettings, digest: str, entry: _LocalEntry) -> None:
+    def _start_refresh(self, service: ServiceSettings, local_key: LocalKey, entry: _LocalEntry) -> None:
         """Re-read Redis in the background so replicas converge without a round trip on the hot path."""
         entry.check_after = self._clock() + self._settings.local_ttl
-        task = asyncio.create_task(self._refresh(service, digest))
-        self._refreshing[digest] = task
-        task.add_done_callback(lambda _t: self._refreshing.pop(digest, None))
+        task = asyncio.create_task(self._refresh(service, local_key))
+        self._refreshing[local_key] = task
+        task.add_done_callback(lambda _t: self._refreshing.pop(local_key, None))
 
-    async def _refresh(self, service: ServiceSettings, digest: str) -> None:
+    async def _refresh(self, service: ServiceSettings, local_key: LocalKey) -> None:
+        digest = credentials_digest(service.id, local_key[1])
         shared = await self._read_shared(service, auth_key(service.id, digest))
         now = self._clock()
-        current = self._local.get(digest)
+        current = self._local.get(local_key)
         if shared is None or current is None or now >= shared.fresh_until:
             return
         if shared.fresh_until >= current.decision.fresh_until:
-            self._remember(digest, shared, now)
+            self._remember(local_key, shared, now)
 
 
 def _failure_label(exc: BackendUnavailable) -> str:

@@ -59,6 +59,10 @@ class UpstreamResponse(Protocol):
 
     def iter_chunks(self) -> AsyncIterator[bytes]: ...
 
+    async def read(self) -> bytes:
+        """The whole body at once; only for bodies known to be small (Content-Length checked)."""
+        ...
+
     async def release(self) -> None: ...
 
 
@@ -93,6 +97,15 @@ class _AiohttpResponse:
             if not chunk:
                 return
             yield chunk
+
+    async def read(self) -> bytes:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._response.read()
+        except TimeoutError:
+            raise UpstreamTimeout("upstream stalled while sending the body") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamRefused(f"upstream broke off the body: {type(exc).__name__}") from None
 
     async def release(self) -> None:
         self._response.release()
