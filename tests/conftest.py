@@ -8,9 +8,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from proxy.emulator import Emulator
 
 from proxy.app import ProxyServer
+from proxy.emulator import Emulator
 from tests.support import RedisServer, Upstream, emulator_config, free_port, make_upstream_app
 
 
@@ -34,7 +34,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     up = Upstream()
-    up.runner = web.AppRunner(make_upstream_app(up), access_log=None)
+    up.runner = web.AppRunner(make_upstream_app(up), access_log=None, handler_cancellation=True)
     await up.runner.setup()
     port = free_port()
     await web.TCPSite(up.runner, "127.0.0.1", port).start()

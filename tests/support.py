@@ -101,6 +101,7 @@ class Upstream:
 
     url: str = ""
     received: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
     runner: web.AppRunner | None = None
 
 
@@ -121,7 +122,19 @@ def make_upstream_app(upstream: Upstream) -> web.Application:
         }
         upstream.received.append(record)
         if request.path.startswith("/slow"):
-            await asyncio.sleep(float(request.query.get("seconds", "5")))
+            try:
+                await asyncio.sleep(float(request.query.get("seconds", "5")))
+            except asyncio.CancelledError:
+                upstream.cancelled.append(request.path)  # the proxy dropped the connection
+                raise
+        if request.path.startswith("/chunked"):
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for i in range(int(request.query.get("parts", "3"))):
+                await response.write(f"part{i};".encode())
+            await response.write_eof()
+            return response
         if request.path.startswith("/status/"):
             return web.json_response(record, status=int(request.path.rsplit("/", 1)[1]))
         if request.path.startswith("/download"):

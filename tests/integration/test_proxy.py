@@ -304,6 +304,9 @@ async def test_upstream_status_and_large_download_stream_through(emulator, upstr
         async for chunk in resp.content.iter_chunked(1 << 20):
             total += len(chunk)
     assert total == 20 * 1024 * 1024
+    async with http.get(url(proxy, "/chunked?parts=50"), headers={"x-api-key": KEY}) as resp:
+        assert resp.status == 200 and resp.headers["Transfer-Encoding"] == "chunked"
+        assert await resp.text() == "".join(f"part{i};" for i in range(50))
     async with http.head(url(proxy, "/x"), headers={"x-api-key": KEY}) as resp:
         assert resp.status == 200 and await resp.read() == b""
 
@@ -320,8 +323,7 @@ async def test_client_disconnect_cancels_the_upstream_call(emulator, upstream, m
     assert (
         f'threescale_proxy_requests_total{{method="GET",service="{SERVICE_ID}",stage="",status="499"}} 1.0' in metrics
     )
-    # the proxy's upstream connection was closed: the pool holds nothing in use
-    assert all(s.connector is None or len(s.connector._acquired) == 0 for s in proxy.transport._sessions.values())
+    assert upstream.cancelled == ["/slow"]  # the upstream saw the proxy drop its connection
 
 
 async def test_no_service_for_host_is_404(emulator, upstream, make_proxy, http):
@@ -374,3 +376,47 @@ async def test_readyz_is_503_while_draining(emulator, upstream, make_proxy, http
     proxy.health.phase = "draining"
     async with http.get(admin(proxy, "/readyz")) as resp:
         assert resp.status == 503 and (await resp.json())["status"] == "draining"
+
+
+async def test_application_over_its_limit_in_3scale_gets_429(upstream, make_proxy, http):
+    from proxy.emulator import Emulator
+    from proxy.threescale import AppCredentials, ThreescaleClient, Transaction
+    from tests.support import TOKEN, emulator_config
+
+    emu = Emulator(emulator_config({"hits": {"minute": 2}}))
+    await emu.start()
+    try:
+        async with ThreescaleClient(emu.url) as client:  # another gateway used the app beyond its plan
+            await client.report(SERVICE_ID, TOKEN, [Transaction(AppCredentials(user_key=KEY), {"hits": 3})])
+        proxy = await make_proxy(proxy_settings(emu.url, upstream.url))
+        for _ in range(3):
+            async with http.get(url(proxy, "/x"), headers={"x-api-key": KEY}) as resp:
+                assert resp.status == 429
+                body = await resp.json()
+        assert body == {
+            "error": "limits_exceeded",
+            "message": "Usage limit exceeded",
+            "reason": "limits_exceeded",
+            "detail": "usage limits are exceeded",
+        }
+        assert len(emu.calls_to("authorize")) == 1  # the denial is cached (until the minute ends at most)
+        async with http.get(url(proxy, "/x"), headers={"x-api-key": OTHER_KEY}) as resp:
+            assert resp.status == 200
+        metrics = proxy.metrics.render().decode()
+        assert f'threescale_proxy_limited_total{{reason="backend",service="{SERVICE_ID}"}} 3.0' in metrics
+        assert upstream.received and all(r["headers"].get("x-api-key") is None for r in upstream.received)
+    finally:
+        await emu.stop()
+
+
+async def test_a_rejected_service_token_is_503_not_the_callers_fault(emulator, upstream, make_proxy, http, caplog):
+    proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, service={"token": "wrong-token"}))
+    with caplog.at_level(logging.ERROR):
+        async with http.get(url(proxy, "/x"), headers={"x-api-key": KEY}) as resp:
+            assert resp.status == 503
+            body = await resp.json()
+    assert body["error"] == "backend_unavailable" and body["reason"] == "service_token_invalid"
+    assert "wrong-token" not in json.dumps(body)
+    assert any(getattr(r, "fields", {}).get("code") == "service_token_invalid" for r in caplog.records)
+    assert 'threescale_proxy_errors_total{kind="backend_config"} 1.0' in proxy.metrics.render().decode()
+    assert upstream.received == []

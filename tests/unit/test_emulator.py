@@ -39,8 +39,7 @@ CONFIG: dict[str, Any] = {
             "plans": {
                 "default": {"name": "Default", "limits": {"hits": {"minute": 5}}},
                 "daily": {"name": "Daily", "limits": {"hits": {"day": 100}}},
-                "basic": {"name": "Basic",
-                          "limits": {"hits": {"minute": 100, "day": 10000}, "search": {"minute": 10}}},
+                "basic": {"name": "Basic", "limits": {"hits": {"minute": 100, "day": 10000}, "search": {"minute": 10}}},
                 "unlimited": {},
             },
             "applications": [
@@ -67,8 +66,9 @@ CONFIG: dict[str, Any] = {
             "token": "oauth-token",
             "backend_version": "oauth",
             "plans": {"p": {"name": "P"}},
-            "applications": [{"app_id": "client", "app_keys": ["secret"], "plan": "p",
-                              "redirect_url": "https://app.example/cb"}],
+            "applications": [
+                {"app_id": "client", "app_keys": ["secret"], "plan": "p", "redirect_url": "https://app.example/cb"}
+            ],
         },
     ]
 }
@@ -103,8 +103,7 @@ async def call(client, endpoint: str, params: Any, options: str | None = None) -
     return response.status, await response.text(), response.headers
 
 
-async def report(client, transactions: dict[str, dict[str, str]], creds: dict[str, str] | None = None,
-                 **kwargs: Any):
+async def report(client, transactions: dict[str, dict[str, str]], creds: dict[str, str] | None = None, **kwargs: Any):
     """POST /transactions.xml with `transactions[<i>][<field>]` form fields (`usage[hits]` nests too)."""
     form = dict(creds if creds is not None else v1())
     for index, fields in transactions.items():
@@ -120,13 +119,14 @@ def error_xml(code: str, message: str) -> str:
 
 # ---- authorize / authrep: status documents ----
 
+
 async def test_authorized_authorize_is_literal_example_1(client):
     status, body, headers = await call(client, "authorize", v1(user_key="demo-key"))
     assert status == 200
     assert body == (
         '<?xml version="1.0" encoding="UTF-8"?><status><authorized>true</authorized><plan>Default</plan>'
         '<usage_reports><usage_report metric="hits" period="minute"><period_start>2014-08-22 09:06:00 +0000'
-        '</period_start><period_end>2014-08-22 09:07:00 +0000</period_end><max_value>5</max_value>'
+        "</period_start><period_end>2014-08-22 09:07:00 +0000</period_end><max_value>5</max_value>"
         "<current_value>0</current_value></usage_report></usage_reports></status>"
     )
     assert headers["Content-Type"] == CT
@@ -137,7 +137,10 @@ async def test_reports_are_listed_per_metric_longest_period_first(client):
     _, body, _ = await call(client, "authorize", v1(user_key="basic-key"))
     reports = body.split("<usage_report ")[1:]
     assert [r.split(">")[0] for r in reports] == [
-        'metric="hits" period="day"', 'metric="hits" period="minute"', 'metric="search" period="minute"']
+        'metric="hits" period="day"',
+        'metric="hits" period="minute"',
+        'metric="search" period="minute"',
+    ]
     assert "<period_start>2014-08-22 00:00:00 +0000</period_start>" in reports[0]
 
 
@@ -148,8 +151,9 @@ async def test_plan_without_limits_has_no_usage_reports(client):
 
 async def test_limits_exceeded_is_409_with_reason_and_rejection_header(client, emulator):
     assert (await call(client, "authrep", v1(user_key="demo-key", **{"usage[hits]": "5"})))[0] == 200
-    status, body, headers = await call(client, "authrep", v1(user_key="demo-key", **{"usage[hits]": "1"}),
-                                       options="rejection_reason_header=1")
+    status, body, headers = await call(
+        client, "authrep", v1(user_key="demo-key", **{"usage[hits]": "1"}), options="rejection_reason_header=1"
+    )
     assert status == 409
     assert headers["3scale-rejection-reason"] == "limits_exceeded"
     assert body == (
@@ -191,8 +195,15 @@ async def test_authrep_increments_every_period_and_parents_authorize_does_not(cl
     for period in ("eternity", "year", "month", "week", "day", "hour", "minute"):
         assert emulator.usage(SID, "basic-key", "search", period) == 4
         assert emulator.usage(SID, "basic-key", "hits", period) == 5
-    assert emulator.reported == [{"service_id": SID, "app": "basic-key", "timestamp": NOW, "source": "authrep",
-                                  "usage": {"search": 4, "orders": 1}}]
+    assert emulator.reported == [
+        {
+            "service_id": SID,
+            "app": "basic-key",
+            "timestamp": NOW,
+            "source": "authrep",
+            "usage": {"search": 4, "orders": 1},
+        }
+    ]
 
 
 async def test_authrep_without_usage_reports_nothing(client, emulator):
@@ -228,6 +239,7 @@ async def test_usage_only_checks_named_metrics_and_ancestors(client):
 
 
 # ---- extensions ----
+
 
 async def test_limit_headers_follow_the_documented_example(client):
     params = v1(user_key="daily-key", **{"usage[hits]": "10"})
@@ -266,7 +278,8 @@ async def test_hierarchy_lists_direct_children_once_per_usage_report(client):
     _, body, _ = await call(client, "authorize", v1(user_key="basic-key"), options="hierarchy=1")
     assert body.endswith(
         '</usage_reports><hierarchy><metric name="hits" children="search orders"/>'
-        '<metric name="hits" children="search orders"/><metric name="search" children=""/></hierarchy></status>')
+        '<metric name="hits" children="search orders"/><metric name="search" children=""/></hierarchy></status>'
+    )
     _, body, _ = await call(client, "authorize", v1(user_key="free-key"), options="hierarchy=1")
     assert body.endswith("<plan>unlimited</plan><hierarchy></hierarchy></status>")
     _, body, _ = await call(client, "authorize", v1(user_key="basic-key"))
@@ -275,8 +288,9 @@ async def test_hierarchy_lists_direct_children_once_per_usage_report(client):
 
 async def test_list_app_keys_comes_after_usage_reports(client):
     _, body, _ = await call(client, "authorize", v2(app_id="a1", app_key="s1"), options="list_app_keys=1")
-    assert body.endswith('</usage_reports><app_keys app="a1" svc="v2svc"><key id="s1"/><key id="s2"/></app_keys>'
-                         "</status>")
+    assert body.endswith(
+        '</usage_reports><app_keys app="a1" svc="v2svc"><key id="s1"/><key id="s2"/></app_keys></status>'
+    )
 
 
 @pytest.mark.parametrize("how", ["header", "param"])
@@ -302,48 +316,110 @@ async def test_authrep_with_zero_usage_reports_nothing(client, emulator):
 
 # ---- authorize / authrep: errors in check order ----
 
+
 @pytest.mark.parametrize(
     ("query", "status", "code", "message"),
     [
-        ("service_token=svc-token&service_id=2555417777820&user_key=%FF", 422, "not_valid_data",
-         "all data must be valid UTF8"),
+        (
+            "service_token=svc-token&service_id=2555417777820&user_key=%FF",
+            422,
+            "not_valid_data",
+            "all data must be valid UTF8",
+        ),
         ("user_key=%FF", 422, "not_valid_data", "all data must be valid UTF8"),
-        ("user_key=demo-key", 403, "provider_key_or_service_token_required",
-         "Provider key or service token are required"),
-        ("service_token=&service_id=2555417777820&user_key=demo-key", 403,
-         "provider_key_or_service_token_required", "Provider key or service token are required"),
+        (
+            "user_key=demo-key",
+            403,
+            "provider_key_or_service_token_required",
+            "Provider key or service token are required",
+        ),
+        (
+            "service_token=&service_id=2555417777820&user_key=demo-key",
+            403,
+            "provider_key_or_service_token_required",
+            "Provider key or service token are required",
+        ),
         ("service_token=svc-token&user_key=demo-key", 422, "service_id_missing", "Service ID is missing"),
-        ("service_token=svc-token&service_id=&user_key=demo-key", 422, "service_id_missing",
-         "Service ID is missing"),
-        ("service_token=wrong&service_id=2555417777820&user_id=u", 403, "service_token_invalid",
-         'service token "wrong" or service id "2555417777820" is invalid'),
-        ("service_token=svc-token&service_id=v2svc", 403, "service_token_invalid",
-         'service token "svc-token" or service id "v2svc" is invalid'),
-        ("provider_key=pk&service_id=2555417777820&user_key=demo-key", 403, "provider_key_invalid",
-         'provider key "pk" is invalid'),
-        ("service_token=svc-token&service_id=2555417777820&user_key=nope&user_id=u", 400,
-         "end_users_no_longer_supported",
-         "End-users are no longer supported, do not specify the user_id parameter"),
-        ("service_token=svc-token&service_id=2555417777820&user_key=demo-key&app_id=a1", 403,
-         "authentication_error", "either app_id or user_key is allowed, not both"),
-        ("service_token=svc-token&service_id=2555417777820&user_key=nope", 403, "user_key_invalid",
-         'user key "nope" is invalid'),
-        ("service_token=v2-token&service_id=v2svc&app_id=nope", 404, "application_not_found",
-         'application with id="nope" was not found'),
-        ("service_token=v2-token&service_id=v2svc&app_id=&user_key=", 404, "application_not_found",
-         "application id is missing"),
-        ("service_token=v2-token&service_id=v2svc&user_key=a1", 403, "user_key_invalid",
-         'user key "a1" is invalid'),
-        ("service_token=svc-token&service_id=2555417777820&user_key=demo-key&usage[nope]=1", 404,
-         "metric_invalid", 'metric "nope" is invalid'),
-        ("service_token=svc-token&service_id=2555417777820&user_key=demo-key&usage[hits]=-1", 403,
-         "usage_value_invalid", 'usage value "-1" for metric "hits" is invalid'),
-        ("service_token=svc-token&service_id=2555417777820&user_key=demo-key&usage[hits]=", 403,
-         "usage_value_invalid", 'usage value for metric "hits" can not be empty'),
-        ("service_token=svc-token&service_id=2555417777820&user_key=demo-key&usage[]=1&usage[hits]=1", 400,
-         "bad_request", "request contains syntax errors, should not be repeated without modification"),
-        ("service_token=svc-token&service_id=2555417777820&user_key=%zz", 400, "bad_request",
-         "Invalid query parameters: invalid %-encoding"),
+        ("service_token=svc-token&service_id=&user_key=demo-key", 422, "service_id_missing", "Service ID is missing"),
+        (
+            "service_token=wrong&service_id=2555417777820&user_id=u",
+            403,
+            "service_token_invalid",
+            'service token "wrong" or service id "2555417777820" is invalid',
+        ),
+        (
+            "service_token=svc-token&service_id=v2svc",
+            403,
+            "service_token_invalid",
+            'service token "svc-token" or service id "v2svc" is invalid',
+        ),
+        (
+            "provider_key=pk&service_id=2555417777820&user_key=demo-key",
+            403,
+            "provider_key_invalid",
+            'provider key "pk" is invalid',
+        ),
+        (
+            "service_token=svc-token&service_id=2555417777820&user_key=nope&user_id=u",
+            400,
+            "end_users_no_longer_supported",
+            "End-users are no longer supported, do not specify the user_id parameter",
+        ),
+        (
+            "service_token=svc-token&service_id=2555417777820&user_key=demo-key&app_id=a1",
+            403,
+            "authentication_error",
+            "either app_id or user_key is allowed, not both",
+        ),
+        (
+            "service_token=svc-token&service_id=2555417777820&user_key=nope",
+            403,
+            "user_key_invalid",
+            'user key "nope" is invalid',
+        ),
+        (
+            "service_token=v2-token&service_id=v2svc&app_id=nope",
+            404,
+            "application_not_found",
+            'application with id="nope" was not found',
+        ),
+        (
+            "service_token=v2-token&service_id=v2svc&app_id=&user_key=",
+            404,
+            "application_not_found",
+            "application id is missing",
+        ),
+        ("service_token=v2-token&service_id=v2svc&user_key=a1", 403, "user_key_invalid", 'user key "a1" is invalid'),
+        (
+            "service_token=svc-token&service_id=2555417777820&user_key=demo-key&usage[nope]=1",
+            404,
+            "metric_invalid",
+            'metric "nope" is invalid',
+        ),
+        (
+            "service_token=svc-token&service_id=2555417777820&user_key=demo-key&usage[hits]=-1",
+            403,
+            "usage_value_invalid",
+            'usage value "-1" for metric "hits" is invalid',
+        ),
+        (
+            "service_token=svc-token&service_id=2555417777820&user_key=demo-key&usage[hits]=",
+            403,
+            "usage_value_invalid",
+            'usage value for metric "hits" can not be empty',
+        ),
+        (
+            "service_token=svc-token&service_id=2555417777820&user_key=demo-key&usage[]=1&usage[hits]=1",
+            400,
+            "bad_request",
+            "request contains syntax errors, should not be repeated without modification",
+        ),
+        (
+            "service_token=svc-token&service_id=2555417777820&user_key=%zz",
+            400,
+            "bad_request",
+            "Invalid query parameters: invalid %-encoding",
+        ),
     ],
 )
 async def test_error_documents_in_check_order(client, query, status, code, message):
@@ -358,8 +434,9 @@ async def test_usage_that_is_not_a_hash_is_a_bare_403_before_the_app_lookup(clie
 
 
 async def test_metric_errors_surface_only_when_limits_run(client):
-    status, _, headers = await call(client, "authorize", v2(app_id="a1", app_key="x", **{"usage[nope]": "1"}),
-                                    options="rejection_reason_header=1")
+    status, _, headers = await call(
+        client, "authorize", v2(app_id="a1", app_key="x", **{"usage[nope]": "1"}), options="rejection_reason_header=1"
+    )
     assert (status, headers["3scale-rejection-reason"]) == (409, "application_key_invalid")
     status, body, _ = await call(client, "authorize", v1(user_key="free-key", **{"usage[nope]": "1"}))
     assert (status, body) == (404, error_xml("metric_invalid", 'metric "nope" is invalid'))
@@ -372,8 +449,11 @@ async def test_metric_errors_surface_only_when_limits_run(client):
         (v2(app_id="a1", app_key=""), "application_key_invalid", "application key is missing"),
         (v2(app_id="a1", app_key="nope"), "application_key_invalid", 'application key "nope" is invalid'),
         (v2(app_id="sleepy", app_key="nope"), "application_key_invalid", 'application key "nope" is invalid'),
-        (v2(app_id="sleepy", app_key="s1", **{"usage[hits]": "99"}), "application_not_active",
-         "application is not active"),
+        (
+            v2(app_id="sleepy", app_key="s1", **{"usage[hits]": "99"}),
+            "application_not_active",
+            "application is not active",
+        ),
     ],
 )
 async def test_validators_run_in_order_key_state_limits(client, params, code, reason):
@@ -394,8 +474,9 @@ async def test_suspended_service_is_not_active_after_app_state(client, emulator)
     _, body, headers = await call(client, "authorize", v2(app_id="a2"), options="rejection_reason_header=1")
     assert headers["3scale-rejection-reason"] == "service_not_active"
     assert "<reason>service is not active</reason>" in body
-    _, _, headers = await call(client, "authorize", v2(app_id="sleepy", app_key="s1"),
-                               options="rejection_reason_header=1")
+    _, _, headers = await call(
+        client, "authorize", v2(app_id="sleepy", app_key="s1"), options="rejection_reason_header=1"
+    )
     assert headers["3scale-rejection-reason"] == "application_not_active"
 
 
@@ -407,8 +488,9 @@ async def test_set_app_state_suspends_and_resumes(client, emulator):
 
 
 async def test_params_in_a_form_body_are_merged_with_the_query(client):
-    response = await client.get("/transactions/authrep.xml?" + urlencode(v1()),
-                                data={"user_key": "basic-key", "usage[hits]": "2"})
+    response = await client.get(
+        "/transactions/authrep.xml?" + urlencode(v1()), data={"user_key": "basic-key", "usage[hits]": "2"}
+    )
     assert response.status == 200
     assert "<current_value>2</current_value>" in await response.text()
 
@@ -416,11 +498,15 @@ async def test_params_in_a_form_body_are_merged_with_the_query(client):
 async def test_oauth_authorize_adds_the_application_section(client):
     creds = {"service_token": "oauth-token", "service_id": OAUTH}
     status, body, _ = await call(client, "oauth_authorize", {**creds, "app_id": "client"})
-    assert (status, body) == (200, f"{XML}<status><authorized>true</authorized><application><id>client</id>"
-                                   "<key>secret</key><redirect_url>https://app.example/cb</redirect_url>"
-                                   "</application><plan>P</plan></status>")
-    status, body, _ = await call(client, "oauth_authorize", {**creds, "app_id": "client",
-                                                            "redirect_uri": "https://evil/"})
+    assert (status, body) == (
+        200,
+        f"{XML}<status><authorized>true</authorized><application><id>client</id>"
+        "<key>secret</key><redirect_url>https://app.example/cb</redirect_url>"
+        "</application><plan>P</plan></status>",
+    )
+    status, body, _ = await call(
+        client, "oauth_authorize", {**creds, "app_id": "client", "redirect_uri": "https://evil/"}
+    )
     assert status == 409 and '<reason>redirect_uri "https://evil/" is invalid</reason>' in body
     assert "<redirect_uri>https://app.example/cb</redirect_uri>" in body
     status, body, _ = await call(client, "oauth_authorize", creds)
@@ -431,28 +517,43 @@ async def test_oauth_authorize_adds_the_application_section(client):
 
 # ---- reports ----
 
+
 async def test_report_answers_202_empty_and_counts(client, emulator):
-    response = await report(client, {"0": {"user_key": "basic-key", "usage[hits]": "2"},
-                                     "1": {"user_key": "demo-key", "usage[search]": "1"}})
+    response = await report(
+        client,
+        {"0": {"user_key": "basic-key", "usage[hits]": "2"}, "1": {"user_key": "demo-key", "usage[search]": "1"}},
+    )
     assert (response.status, await response.text()) == (202, "")
     assert response.headers["Content-Type"] == CT
     assert emulator.usage(SID, "basic-key", "hits", "minute") == 2
     assert emulator.usage(SID, "demo-key", "hits", "minute") == 1
     assert [(r["app"], r["usage"], r["source"]) for r in emulator.reported] == [
-        ("basic-key", {"hits": 2}, "report"), ("demo-key", {"search": 1}, "report")]
+        ("basic-key", {"hits": 2}, "report"),
+        ("demo-key", {"search": 1}, "report"),
+    ]
 
 
 async def test_one_deleted_app_drops_the_whole_batch(client, emulator):
     emulator.delete_application(SID, "demo-key")
-    response = await report(client, {"0": {"user_key": "basic-key", "usage[hits]": "1"},
-                                     "1": {"user_key": "demo-key", "usage[hits]": "1"},
-                                     "2": {"user_key": "daily-key", "usage[hits]": "1"}})
+    response = await report(
+        client,
+        {
+            "0": {"user_key": "basic-key", "usage[hits]": "1"},
+            "1": {"user_key": "demo-key", "usage[hits]": "1"},
+            "2": {"user_key": "daily-key", "usage[hits]": "1"},
+        },
+    )
     assert response.status == 202
     assert emulator.usage(SID, "basic-key", "hits") == 0
     assert emulator.usage(SID, "daily-key", "hits") == 0
     assert emulator.reported == []
-    assert emulator.report_errors(SID) == [{"code": "user_key_invalid", "message": 'user key "demo-key" is invalid',
-                                            "timestamp": "2014-08-22 09:06:30 +0000"}]
+    assert emulator.report_errors(SID) == [
+        {
+            "code": "user_key_invalid",
+            "message": 'user key "demo-key" is invalid',
+            "timestamp": "2014-08-22 09:06:30 +0000",
+        }
+    ]
     assert (await call(client, "authorize", v1(user_key="demo-key")))[0] == 403
 
 
@@ -462,12 +563,21 @@ async def test_one_deleted_app_drops_the_whole_batch(client, emulator):
         ({"app_id": "gone", "usage[hits]": "1"}, "application_not_found", 'application with id="gone" was not found'),
         ({"app_id": "a1", "usage[nope]": "1"}, "metric_invalid", 'metric "nope" is invalid'),
         ({"app_id": "a1", "usage[hits]": "x"}, "usage_value_invalid", 'usage value "x" for metric "hits" is invalid'),
-        ({"app_id": "a1", "user_key": "k", "usage[hits]": "1"}, "authentication_error",
-         "either app_id or user_key is allowed, not both"),
-        ({"app_id": "a1", "usage[hits]": "1", "timestamp": str(int(NOW) - 86401)},
-         "transaction_timestamp_too_old", "reporting transactions older than 86400 seconds is not allowed"),
-        ({"app_id": "a1", "usage[hits]": "1", "timestamp": "2014-08-22 10:06:31"},
-         "transaction_timestamp_too_new", "reporting transactions more than 3600 seconds in the future is not allowed"),
+        (
+            {"app_id": "a1", "user_key": "k", "usage[hits]": "1"},
+            "authentication_error",
+            "either app_id or user_key is allowed, not both",
+        ),
+        (
+            {"app_id": "a1", "usage[hits]": "1", "timestamp": str(int(NOW) - 86401)},
+            "transaction_timestamp_too_old",
+            "reporting transactions older than 86400 seconds is not allowed",
+        ),
+        (
+            {"app_id": "a1", "usage[hits]": "1", "timestamp": "2014-08-22 10:06:31"},
+            "transaction_timestamp_too_new",
+            "reporting transactions more than 3600 seconds in the future is not allowed",
+        ),
     ],
 )
 async def test_any_bad_transaction_drops_the_batch(client, emulator, bad, code, message):
@@ -497,9 +607,15 @@ async def test_report_timestamps_land_in_their_period(client, emulator):
 
 
 async def test_reports_ignore_suspension_and_limits_and_drop_zero_usage(client, emulator):
-    response = await report(client, {"0": {"app_id": "sleepy", "usage[hits]": "50"},
-                                     "1": {"app_id": "gone", "usage[hits]": "0"},
-                                     "2": {"app_id": "gone"}}, creds=v2())
+    response = await report(
+        client,
+        {
+            "0": {"app_id": "sleepy", "usage[hits]": "50"},
+            "1": {"app_id": "gone", "usage[hits]": "0"},
+            "2": {"app_id": "gone"},
+        },
+        creds=v2(),
+    )
     assert response.status == 202
     assert emulator.usage(V2, "sleepy", "hits", "minute") == 50
     assert emulator.report_errors(V2) == []
@@ -519,8 +635,9 @@ async def test_report_with_flat_usage_and_parameters_in_the_query(client, emulat
 
 
 async def test_multipart_report_is_accepted(client, emulator):
-    form = aiohttp.FormData({**v2(), "transactions[0][app_id]": "a2", "transactions[0][usage][hits]": "3"},
-                            default_to_multipart=True)
+    form = aiohttp.FormData(
+        {**v2(), "transactions[0][app_id]": "a2", "transactions[0][usage][hits]": "3"}, default_to_multipart=True
+    )
     response = await client.post("/transactions.xml", data=form)
     assert response.status == 202
     assert emulator.usage(V2, "a2", "hits") == 3
@@ -529,27 +646,59 @@ async def test_multipart_report_is_accepted(client, emulator):
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "code", "message"),
     [
-        ({**v1(), "transactions[0][user_key]": "demo-key"}, "application/json", 400, "content_type_invalid",
-         "invalid Content-Type: application/json"),
-        ({"transactions[0][user_key]": "demo-key"}, None, 403, "provider_key_or_service_token_required",
-         "Provider key or service token are required"),
-        ({**v1(service_token="bad"), "transactions[0][user_key]": "x"}, None, 403, "service_token_invalid",
-         'service token "bad" or service id "2555417777820" is invalid'),
+        (
+            {**v1(), "transactions[0][user_key]": "demo-key"},
+            "application/json",
+            400,
+            "content_type_invalid",
+            "invalid Content-Type: application/json",
+        ),
+        (
+            {"transactions[0][user_key]": "demo-key"},
+            None,
+            403,
+            "provider_key_or_service_token_required",
+            "Provider key or service token are required",
+        ),
+        (
+            {**v1(service_token="bad"), "transactions[0][user_key]": "x"},
+            None,
+            403,
+            "service_token_invalid",
+            'service token "bad" or service id "2555417777820" is invalid',
+        ),
         ({**v1(), "transactions[0][user_key]": "%FF"}, None, 422, "not_valid_data", "all data must be valid UTF8"),
         (v1(), None, 400, "transactions_is_blank", "transactions parameter is blank"),
         ({**v1(), "transactions": ""}, None, 400, "transactions_is_blank", "transactions parameter is blank"),
-        ({**v1(), "transactions[][user_key]": "demo-key"}, None, 400, "transactions_format_invalid",
-         "transactions format is invalid"),
-        ({**v1(), "transactions[0]": None}, None, 400, "transactions_has_nil_transaction",
-         "transactions has a nil transaction"),
-        ({**v1(), "transactions[0][user_key]": "demo-key", "transactions[0][user_id]": "u"}, None, 400,
-         "end_users_no_longer_supported", "End-users are no longer supported, do not specify the user_id parameter"),
+        (
+            {**v1(), "transactions[][user_key]": "demo-key"},
+            None,
+            400,
+            "transactions_format_invalid",
+            "transactions format is invalid",
+        ),
+        (
+            {**v1(), "transactions[0]": None},
+            None,
+            400,
+            "transactions_has_nil_transaction",
+            "transactions has a nil transaction",
+        ),
+        (
+            {**v1(), "transactions[0][user_key]": "demo-key", "transactions[0][user_id]": "u"},
+            None,
+            400,
+            "end_users_no_longer_supported",
+            "End-users are no longer supported, do not specify the user_id parameter",
+        ),
     ],
 )
 async def test_report_synchronous_errors(client, emulator, body, content_type, status, code, message):
     # None: a key without "=" (Rack's nil); "%FF": sent as is (invalid UTF-8).
-    parts = [quote_plus(key) if value is None else f"{quote_plus(key)}={'%FF' if value == '%FF' else quote_plus(value)}"
-             for key, value in body.items()]
+    parts = [
+        quote_plus(key) if value is None else f"{quote_plus(key)}={'%FF' if value == '%FF' else quote_plus(value)}"
+        for key, value in body.items()
+    ]
     headers = {"Content-Type": content_type or "application/x-www-form-urlencoded"}
     response = await client.post("/transactions.xml", data="&".join(parts).encode(), headers=headers)
     assert (response.status, await response.text()) == (status, error_xml(code, message))
@@ -557,6 +706,7 @@ async def test_report_synchronous_errors(client, emulator, body, content_type, s
 
 
 # ---- other endpoints ----
+
 
 async def test_health_endpoints_and_unknown_paths(client, emulator):
     response = await client.get("/status")
@@ -573,6 +723,7 @@ async def test_health_endpoints_and_unknown_paths(client, emulator):
 
 
 # ---- faults ----
+
 
 async def test_down_error_answers_503_and_is_recorded(client, emulator):
     await emulator.set_down("error")
@@ -623,9 +774,13 @@ async def test_delay_longer_than_the_client_timeout_times_out(client, emulator):
 
 # ---- records ----
 
+
 async def test_calls_are_recorded_with_raw_params_and_headers(client, emulator):
-    await client.get("/transactions/authrep.xml?service_token=svc-token&service_id=2555417777820"
-                     "&user_key=demo-key&usage%5Bhits%5D=2", headers={"3scale-options": "hierarchy=1"})
+    await client.get(
+        "/transactions/authrep.xml?service_token=svc-token&service_id=2555417777820"
+        "&user_key=demo-key&usage%5Bhits%5D=2",
+        headers={"3scale-options": "hierarchy=1"},
+    )
     await report(client, {"0": {"user_key": "demo-key", "usage[hits]": "1"}})
     await client.get("/_emulator/calls")
     authrep = emulator.calls_to("authrep")
@@ -633,9 +788,17 @@ async def test_calls_are_recorded_with_raw_params_and_headers(client, emulator):
     recorded = authrep[0]
     assert isinstance(recorded, RecordedCall)
     assert (recorded.method, recorded.path, recorded.status, recorded.at) == (
-        "GET", "/transactions/authrep.xml", 200, NOW)
-    assert recorded.params == [("service_token", "svc-token"), ("service_id", SID), ("user_key", "demo-key"),
-                               ("usage[hits]", "2")]
+        "GET",
+        "/transactions/authrep.xml",
+        200,
+        NOW,
+    )
+    assert recorded.params == [
+        ("service_token", "svc-token"),
+        ("service_id", SID),
+        ("user_key", "demo-key"),
+        ("usage[hits]", "2"),
+    ]
     assert recorded.headers["3scale-options"] == "hierarchy=1"
     assert emulator.calls_to("report")[0].params[-1] == ("transactions[0][usage][hits]", "1")
     emulator.reset_calls()
@@ -643,6 +806,7 @@ async def test_calls_are_recorded_with_raw_params_and_headers(client, emulator):
 
 
 # ---- Python state API ----
+
 
 async def test_add_and_delete_applications(client, emulator):
     emulator.add_application(V2, {"app_id": "new", "app_keys": ["k"], "plan": "basic"})
@@ -682,14 +846,16 @@ async def test_from_yaml(tmp_path, aiohttp_client):
 
 # ---- control API ----
 
+
 async def test_control_api_reads_state_without_being_recorded(client, emulator):
     await call(client, "authrep", v1(user_key="basic-key", **{"usage[hits]": "3"}))
     calls = await (await client.get("/_emulator/calls")).json()
     assert [(c["endpoint"], c["status"], c["params"][-1]) for c in calls] == [("authrep", 200, ["usage[hits]", "3"])]
     assert await (await client.get("/_emulator/calls?endpoint=report")).json() == []
     reported = await (await client.get("/_emulator/reported")).json()
-    assert reported == [{"service_id": SID, "app": "basic-key", "timestamp": NOW, "source": "authrep",
-                         "usage": {"hits": 3}}]
+    assert reported == [
+        {"service_id": SID, "app": "basic-key", "timestamp": NOW, "source": "authrep", "usage": {"hits": 3}}
+    ]
     usage = await client.get(f"/_emulator/usage?service_id={SID}&app=basic-key&metric=hits&period=minute")
     assert await usage.json() == {"value": 3}
     assert (await client.get("/_emulator/usage?service_id=x")).status == 400
@@ -740,12 +906,17 @@ async def test_control_api_refuse_for_a_while_comes_back_by_itself():
 
 # ---- standalone ----
 
+
 def test_module_runs_standalone(tmp_path):
     path = tmp_path / "emulator.yaml"
     path.write_text('services:\n  - {id: "1", token: t, plans: {p: {}}, applications: [{user_key: k, plan: p}]}\n')
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = subprocess.Popen([sys.executable, "-m", "proxy.emulator", "--config", str(path), "--port", "0"],
-                               stdout=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy.emulator", "--config", str(path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert process.stdout is not None
         url = process.stdout.readline().strip()

@@ -1,0 +1,112 @@
+"""Authorization decisions (serialisation, TTLs, kinds) and the store's behaviour when Redis is gone."""
+
+import asyncio
+from datetime import UTC, datetime
+
+import fakeredis
+import pytest
+
+from proxy.authorizer import AuthDecision, _scrub, _seconds_to_reset
+from proxy.store import MemoryStore, RedisStore, StoreUnavailable, auth_key, credentials_digest
+from proxy.threescale.models import AppCredentials, UsageReport
+
+MINUTE_END = datetime(2026, 1, 1, 12, 1, tzinfo=UTC)
+
+
+def test_decision_round_trips_through_json():
+    decision = AuthDecision(
+        allowed=True,
+        fresh_until=10.5,
+        stale_until=99.0,
+        plan="Basic",
+        usage_reports=(
+            UsageReport("hits", "minute", datetime(2026, 1, 1, 12, 0, tzinfo=UTC), MINUTE_END, 100, 7),
+            UsageReport("hits", "eternity", None, None, 10**6, 5, exceeded=True),
+        ),
+        hierarchy={"hits": ("orders",)},
+    )
+    assert AuthDecision.from_json(decision.to_json()) == decision
+
+
+@pytest.mark.parametrize(
+    ("allowed", "code", "kind"),
+    [
+        (True, None, "allowed"),
+        (False, "limits_exceeded", "limits_exceeded"),
+        (False, "user_key_invalid", "auth_failed"),
+        (False, "application_not_active", "auth_failed"),
+        (False, "service_token_invalid", "backend_unavailable"),
+        (False, "backend_unavailable", "backend_unavailable"),
+    ],
+)
+def test_decision_kind_picks_the_error_answer(allowed, code, kind):
+    assert AuthDecision(allowed=allowed, fresh_until=0, stale_until=0, code=code).kind == kind
+
+
+def test_limits_denial_is_cached_no_longer_than_the_exceeded_period():
+    now = MINUTE_END.timestamp() - 12.5
+    exceeded = UsageReport("hits", "minute", None, MINUTE_END, 2, 3, exceeded=True)
+    fine = UsageReport("hits", "day", None, datetime(2026, 1, 2, tzinfo=UTC), 100, 3)
+    assert _seconds_to_reset((exceeded, fine), now) == pytest.approx(12.5)
+    assert _seconds_to_reset((fine,), now) == float("inf")
+    assert _seconds_to_reset((exceeded,), MINUTE_END.timestamp() + 5) == 1.0  # never 0 or negative
+
+
+def test_reasons_lose_the_quoted_key():
+    assert _scrub('user key "abc123" is invalid') == "user key is invalid"
+    assert _scrub('application key "k" is invalid') == "application key is invalid"
+    assert _scrub(None) is None
+
+
+def test_redis_keys_share_the_service_hash_tag_and_hide_credentials():
+    digest = credentials_digest("42", AppCredentials(user_key="secret-key"))
+    key = auth_key("42", digest)
+    assert key.startswith("tsp:{svc:42}:auth:") and "secret-key" not in key
+    # the app key is part of the identity: a wrong key must not share the right key's cache entry
+    a = credentials_digest("42", AppCredentials(app_id="a", app_key="right"))
+    b = credentials_digest("42", AppCredentials(app_id="a", app_key="wrong"))
+    assert len({a, b, credentials_digest("42", AppCredentials(app_id="a"))}) == 3
+
+
+async def test_memory_store_expires_entries():
+    now = [100.0]
+    store = MemoryStore(clock=lambda: now[0])
+    await store.set("k", b"v", 1.5)
+    assert await store.get("k") == b"v"
+    now[0] = 101.6
+    assert await store.get("k") is None
+
+
+async def test_redis_store_works_on_a_redis_protocol_server():
+    store = RedisStore("redis://unused")
+    store._redis = fakeredis.FakeAsyncRedis()  # fast unit check of the command usage; integration uses a real server
+    await store.set("k", b"v", 0.5)
+    assert await store.get("k") == b"v"
+    assert 0 < await store.client.pttl("k") <= 500
+
+
+async def test_redis_store_opens_its_breaker_after_a_failure():
+    accepted = []
+
+    async def hang_up(reader, writer):  # a "Redis" that drops every connection
+        accepted.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.2, retry_after=30)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.get("k")
+        assert store.available is False
+        attempts = len(accepted)
+        assert attempts == 1  # no hidden retries adding latency to a request
+        for _ in range(100):
+            with pytest.raises(StoreUnavailable, match="circuit open"):
+                await store.get("k")
+        assert len(accepted) == attempts  # the breaker made no connection at all
+        assert await store.ping() is False  # probes always try
+        assert len(accepted) == attempts + 1
+    finally:
+        await store.close()
+        server.close()
