@@ -60,9 +60,25 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class ReportSettings:
-    """Batched usage reporting to 3scale."""
+    """Batched usage reporting to 3scale through the shared buffer in Redis."""
 
     interval: float = 5.0
+    flush_to_redis_ms: int = 200
+    max_batch: int = 250
+    """Transactions per POST /transactions.xml (3scale drops a whole POST for one bad transaction)."""
+    lease: float = 30.0
+    """Seconds after which a batch left in flight by a dead replica is taken over."""
+    max_pending_memory: int = 100_000
+    """Usage entries (service, app, minute) kept in memory while Redis is unreachable."""
+    backoff_max: float = 60.0
+
+
+@dataclass(frozen=True)
+class ShutdownSettings:
+    """SIGTERM: stop being ready, keep accepting for drain_delay, finish, flush, report, exit within timeout."""
+
+    drain_delay: float = 5.0
+    timeout: float = 25.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,8 @@ class GatewaySettings:
 
     stage_header: str | None = "x-apigw-stage"
     request_id_header: str | None = "x-apigw-request-id"
+    source_ip_header: str | None = "x-apigw-source-ip"
+    api_key_id_header: str | None = "x-apigw-api-key-id"
 
 
 @dataclass(frozen=True)
@@ -168,6 +186,7 @@ class Settings:
     threescale: ThreescaleSettings = field(default_factory=ThreescaleSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
+    shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     log: LogSettings = field(default_factory=LogSettings)
 
@@ -391,8 +410,17 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
             problems.append((f"cache.{key}", "must not be negative"))
     if s.cache.local_ttl > s.cache.ttl:
         problems.append(("cache.local_ttl", "must not be greater than cache.ttl"))
-    if s.report.interval <= 0:
-        problems.append(("report.interval", "must be greater than 0"))
+    for key in ("interval", "flush_to_redis_ms", "max_batch", "lease", "max_pending_memory", "backoff_max"):
+        if getattr(s.report, key) <= 0:
+            problems.append((f"report.{key}", "must be greater than 0"))
+    if s.report.max_batch > 1000:
+        problems.append(("report.max_batch", "must be at most 1000 (3scale caps a POST at 4096 parameters)"))
+    if s.report.lease <= s.threescale.timeout * 2:
+        problems.append(("report.lease", "must be more than twice threescale.timeout, or batches are taken twice"))
+    if s.shutdown.drain_delay < 0:
+        problems.append(("shutdown.drain_delay", "must not be negative"))
+    if s.shutdown.timeout <= s.shutdown.drain_delay:
+        problems.append(("shutdown.timeout", "must be greater than shutdown.drain_delay"))
     if not s.services:
         problems.append(("services", "at least one service is required"))
     seen: set[str] = set()
