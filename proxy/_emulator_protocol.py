@@ -119,8 +119,9 @@ class Transaction:
     timestamp: float
 
 
-def authorize(services: Mapping[str, Service], counters: Counters, params: Params, ext: Extensions,
-              endpoint: str, now: float) -> AuthResult:
+def authorize(
+    services: Mapping[str, Service], counters: Counters, params: Params, ext: Extensions, endpoint: str, now: float
+) -> AuthResult:
     """authorize / authrep / oauth_*: the checks of THREESCALE.md §1 in order; raises ProtocolError."""
     if params.error is not None:
         raise ProtocolError(400, "bad_request", params.error)
@@ -128,8 +129,11 @@ def authorize(services: Mapping[str, Service], counters: Counters, params: Param
         raise ProtocolError(422, "not_valid_data", "all data must be valid UTF8")
     service = find_service(services, params)
     if params.tree.get("user_id") is not None:
-        raise ProtocolError(400, "end_users_no_longer_supported",
-                            "End-users are no longer supported, do not specify the user_id parameter")
+        raise ProtocolError(
+            400,
+            "end_users_no_longer_supported",
+            "End-users are no longer supported, do not specify the user_id parameter",
+        )
     raw_usage = params.tree.get("usage")
     if raw_usage is not None and not isinstance(raw_usage, dict):
         raise ProtocolError(403)
@@ -137,9 +141,16 @@ def authorize(services: Mapping[str, Service], counters: Counters, params: Param
     app = find_app(service, params.text("app_id"), params.text("user_key"), oauth=oauth)
     if "no_body" in ext and raw_usage:
         _check_metrics(service, raw_usage)
-    ctx = AuthContext(service=service, app=app, params=params, ext=ext, now=now, oauth=oauth,
-                      authrep=endpoint.endswith("authrep"),
-                      stored=stored_values(counters, service.id, app, now))
+    ctx = AuthContext(
+        service=service,
+        app=app,
+        params=params,
+        ext=ext,
+        now=now,
+        oauth=oauth,
+        authrep=endpoint.endswith("authrep"),
+        stored=stored_values(counters, service.id, app, now),
+    )
     ctx.denial = _validate(ctx)
     return _answer(ctx)
 
@@ -151,9 +162,13 @@ def _answer(ctx: AuthContext) -> AuthResult:
         headers["3scale-rejection-reason"] = ctx.denial.code
     if "limit_headers" in ctx.ext and (ctx.denial is None or ctx.denial.code == "limits_exceeded"):
         headers.update(limit_headers(ctx))
-    result = AuthResult(status=200 if ctx.authorized else 409,
-                        body="" if "no_body" in ctx.ext else status_xml(ctx),
-                        headers=headers, service=ctx.service, app=ctx.app)
+    result = AuthResult(
+        status=200 if ctx.authorized else 409,
+        body="" if "no_body" in ctx.ext else status_xml(ctx),
+        headers=headers,
+        service=ctx.service,
+        app=ctx.app,
+    )
     if ctx.authrep and ctx.authorized and ctx.usage and any(u.is_set or u.value for u in ctx.usage.values()):
         result.report, result.reported_usage = ctx.processed, ctx.usage
     return result
@@ -167,14 +182,14 @@ def find_service(services: Mapping[str, Service], params: Params) -> Service:
         return _by_provider_key(services, provider_key, service_id)
     token = params.text("service_token")
     if token is None:
-        raise ProtocolError(403, "provider_key_or_service_token_required",
-                            "Provider key or service token are required")
+        raise ProtocolError(403, "provider_key_or_service_token_required", "Provider key or service token are required")
     if service_id is None:
         raise ProtocolError(422, "service_id_missing", "Service ID is missing")
     service = services.get(service_id)
     if service is None or service.token is None or service.token != token:
-        raise ProtocolError(403, "service_token_invalid",
-                            f'service token "{token}" or service id "{service_id}" is invalid')
+        raise ProtocolError(
+            403, "service_token_invalid", f'service token "{token}" or service id "{service_id}" is invalid'
+        )
     return service
 
 
@@ -255,6 +270,7 @@ def propagate(service: Service, usage: Mapping[str, Usage], flat: bool) -> dict[
 
 
 # ---- validators: each returns a Denial, or None to let the next one run ----
+
 
 def _validate(ctx: AuthContext) -> Denial | None:
     """Run the validators in apisonator's order; the first failure decides."""
@@ -339,6 +355,7 @@ def _limits(ctx: AuthContext) -> Denial | None:
 
 # ---- the status document and the limit headers ----
 
+
 def status_xml(ctx: AuthContext) -> str:
     """The `<status>` document, compact, in the element order of THREESCALE.md §2."""
     parts = [XML_DECLARATION, "<status>"]
@@ -358,8 +375,10 @@ def status_xml(ctx: AuthContext) -> str:
         parts.append(_app_keys_xml(ctx))
     if "hierarchy" in ctx.ext:
         parts.append("<hierarchy>")
-        parts.extend(f'<metric name={_attr(limit.metric)} children='
-                     f'{_attr(" ".join(ctx.service.children(limit.metric)))}/>' for limit in limits)
+        parts.extend(
+            f"<metric name={_attr(limit.metric)} children={_attr(' '.join(ctx.service.children(limit.metric)))}/>"
+            for limit in limits
+        )
         parts.append("</hierarchy>")
     parts.append("</status>")
     return "".join(parts)
@@ -369,8 +388,10 @@ def _application_xml(ctx: AuthContext) -> str:
     """oauth_* only: the app's id, first key and redirect URL (named as the request named it)."""
     tag = "redirect_uri" if ctx.params.text("redirect_uri") is not None else "redirect_url"
     key = ctx.app.keys[0] if ctx.app.keys else ""
-    return (f"<application><id>{_text(ctx.app.ident)}</id><key>{_text(key)}</key>"
-            f"<{tag}>{_text(ctx.app.redirect_url)}</{tag}></application>")
+    return (
+        f"<application><id>{_text(ctx.app.ident)}</id><key>{_text(key)}</key>"
+        f"<{tag}>{_text(ctx.app.redirect_url)}</{tag}></application>"
+    )
 
 
 def _app_keys_xml(ctx: AuthContext) -> str:
@@ -387,10 +408,11 @@ def _usage_report_xml(ctx: AuthContext, limit: Limit) -> str:
     start, end = window(limit.period, ctx.now)
     period = ""
     if start is not None and end is not None:
-        period = (f"<period_start>{start.strftime(TIME_FORMAT)}</period_start>"
-                  f"<period_end>{end.strftime(TIME_FORMAT)}</period_end>")
-    values = (f"<max_value>{limit.max_value}</max_value>"
-              f"<current_value>{_current_after(ctx, limit)}</current_value>")
+        period = (
+            f"<period_start>{start.strftime(TIME_FORMAT)}</period_start>"
+            f"<period_end>{end.strftime(TIME_FORMAT)}</period_end>"
+        )
+    values = f"<max_value>{limit.max_value}</max_value><current_value>{_current_after(ctx, limit)}</current_value>"
     return f"{head}{period}{values}</usage_report>"
 
 
@@ -440,11 +462,15 @@ def limit_headers(ctx: AuthContext) -> dict[str, str]:
     calls, _, limit = best
     _, end = window(limit.period, ctx.now)
     reset = -1 if end is None else math.ceil(end.timestamp() - ctx.now)
-    return {"3scale-limit-remaining": str(calls), "3scale-limit-reset": str(reset),
-            "3scale-limit-max-value": str(limit.max_value)}
+    return {
+        "3scale-limit-remaining": str(calls),
+        "3scale-limit-reset": str(reset),
+        "3scale-limit-max-value": str(limit.max_value),
+    }
 
 
 # ---- reports ----
+
 
 def check_report(services: Mapping[str, Service], params: Params, content_type: str | None) -> Service:
     """The synchronous checks of POST /transactions.xml (§4), in order; raises ProtocolError."""
@@ -464,13 +490,15 @@ def check_report(services: Mapping[str, Service], params: Params, content_type: 
     if any(t is None for t in transactions.values()):
         raise ProtocolError(400, "transactions_has_nil_transaction", "transactions has a nil transaction")
     if any(t.get("user_id") is not None for t in transactions.values()):
-        raise ProtocolError(400, "end_users_no_longer_supported",
-                            "End-users are no longer supported, do not specify the user_id parameter")
+        raise ProtocolError(
+            400,
+            "end_users_no_longer_supported",
+            "End-users are no longer supported, do not specify the user_id parameter",
+        )
     return service
 
 
-def process_batch(service: Service, transactions: Mapping[str, Any], flat: bool,
-                  now: float) -> list[Transaction]:
+def process_batch(service: Service, transactions: Mapping[str, Any], flat: bool, now: float) -> list[Transaction]:
     """The asynchronous job: every transaction checked, or ProtocolError for the whole batch."""
     accepted: list[Transaction] = []
     for tx in transactions.values():
@@ -482,14 +510,26 @@ def process_batch(service: Service, transactions: Mapping[str, Any], flat: bool,
         usage = parse_usage(service, raw_usage)
         timestamp = parse_timestamp(tx.get("timestamp"), now)
         if timestamp < now - MAX_AGE:
-            raise ProtocolError(409, "transaction_timestamp_too_old",
-                                f"reporting transactions older than {MAX_AGE} seconds is not allowed")
+            raise ProtocolError(
+                409,
+                "transaction_timestamp_too_old",
+                f"reporting transactions older than {MAX_AGE} seconds is not allowed",
+            )
         if timestamp > now + MAX_AHEAD:
-            raise ProtocolError(409, "transaction_timestamp_too_new",
-                                f"reporting transactions more than {MAX_AHEAD} seconds in the future "
-                                "is not allowed")
-        accepted.append(Transaction(app=app, name=app_id or user_key or app.ident, usage=usage,
-                                    processed=propagate(service, usage, flat), timestamp=timestamp))
+            raise ProtocolError(
+                409,
+                "transaction_timestamp_too_new",
+                f"reporting transactions more than {MAX_AHEAD} seconds in the future is not allowed",
+            )
+        accepted.append(
+            Transaction(
+                app=app,
+                name=app_id or user_key or app.ident,
+                usage=usage,
+                processed=propagate(service, usage, flat),
+                timestamp=timestamp,
+            )
+        )
     return accepted
 
 
@@ -506,8 +546,11 @@ def _text_param(tx: Mapping[str, Any], name: str) -> str | None:
 
 def error_entry(error: ProtocolError, now: float) -> dict[str, str]:
     """An entry of the per-service error list (what `GET /internal/services/:id/errors` shows)."""
-    return {"code": error.code or "", "message": error.message,
-            "timestamp": datetime.fromtimestamp(now, UTC).strftime(TIME_FORMAT)}
+    return {
+        "code": error.code or "",
+        "message": error.message,
+        "timestamp": datetime.fromtimestamp(now, UTC).strftime(TIME_FORMAT),
+    }
 
 
 def _text(value: str) -> str:

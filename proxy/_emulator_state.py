@@ -195,8 +195,14 @@ def make_app(service: Service, raw: Any, where: str = "application") -> App:
     if state not in APP_STATES:
         raise ConfigError(f"{where}.state: must be one of {', '.join(APP_STATES)}")
     keys = [str(k) for k in _seq(raw.get("app_keys"), f"{where}.app_keys")]
-    return App(plan=service.plans[plan_name], app_id=app_id, user_key=user_key, keys=keys, state=state,
-               redirect_url=str(raw.get("redirect_url", "")))
+    return App(
+        plan=service.plans[plan_name],
+        app_id=app_id,
+        user_key=user_key,
+        keys=keys,
+        state=state,
+        redirect_url=str(raw.get("redirect_url", "")),
+    )
 
 
 def _map(raw: Any, where: str) -> Mapping[str, Any]:
@@ -278,5 +284,7 @@ class Counters:
 
 def stored_values(counters: Counters, service_id: str, app: App, at: float) -> dict[tuple[str, str], int]:
     """The stored counter of every limit of the app's plan: `{(metric, period): value}`."""
-    return {(lim.metric, lim.period): counters.get(service_id, app.ident, lim.metric, lim.period, at)
-            for lim in app.plan.limits}
+    return {
+        (lim.metric, lim.period): counters.get(service_id, app.ident, lim.metric, lim.period, at)
+        for lim in app.plan.limits
+    }

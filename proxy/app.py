@@ -1,48 +1,67 @@
-"""Builds the proxy from its settings and owns the lifecycle: start, drain, stop.
+"""Builds the proxy from its settings and owns the lifecycle: start, background loops, drain, final report.
 
-The metrics port comes up first (readiness 503 while starting), then the shared store and the proxy
-port; on stop, readiness goes false before the listener closes so load balancers stop sending first.
+The metrics port comes up first (readiness 503 while starting), then the proxy port. On SIGTERM readiness
+goes false at once, the listener keeps accepting for `shutdown.drain_delay` so the load balancer stops
+sending, in-flight requests finish, usage in memory goes to Redis (or straight to 3scale when Redis is
+down), a final report is attempted, and everything closes within `shutdown.timeout`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 
 from aiohttp import web
 
 from .authorizer import Authorizer
 from .config import Settings, parse_listen
 from .health import Health
+from .limits import Limiter
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .store import MemoryStore, RedisStore, open_store
+from .reporter import Reporter, ReportFailed
+from .store import MemoryStore, RedisStore, StoreUnavailable, open_store
 from .threescale.client import ThreescaleClient
 from .transport import AiohttpTransport, Transport
-from .usage import UsageAggregate
+from .usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
 
 class ProxyServer:
-    """One proxy process: the proxy listener, the metrics listener and everything they share."""
+    """One proxy process: the proxy listener, the metrics listener, the background loops and what they share."""
 
     def __init__(self, settings: Settings, *, transport: Transport | None = None, probe_interval: float = 5.0) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.health = Health(self.metrics)
-        self.usage = UsageAggregate()
         self.store: MemoryStore | RedisStore = open_store(settings.redis_url)
+        self.usage = UsageRecorder(self.store, self.metrics, settings.report.max_pending_memory)
         self.client = ThreescaleClient(
             settings.threescale.backend_url,
             timeout=settings.threescale.timeout,
             pool_size=settings.threescale.pool_size,
         )
         self.authorizer = Authorizer(self.client, self.store, settings.cache, self.metrics)
+        flush_interval = settings.report.flush_to_redis_ms / 1000
+        self.limiter = Limiter(self.store, self.metrics, flush_interval)
+        self.reporter = Reporter(
+            self.store,
+            self.client,
+            settings.services,
+            settings.report,
+            self.metrics,
+            self.limiter,
+            self.authorizer,
+            in_memory=self.usage.in_memory,
+        )
         self.transport: Transport = transport or AiohttpTransport()
         self.pipeline = Pipeline(
             settings.services,
             self.authorizer,
+            self.limiter,
             self.usage,
             self.transport,
             self.metrics,
@@ -52,6 +71,8 @@ class ProxyServer:
         self._probe_interval = probe_interval
         self._proxy_runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None
+        self._stop_loops = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
 
@@ -72,12 +93,20 @@ class ProxyServer:
         if self.health.redis == "down":
             log.warning("redis is not reachable at start; serving with the in-process cache until it is back")
 
+        shutdown = self.settings.shutdown
         self._proxy_runner = web.AppRunner(
-            self.make_proxy_app(), access_log=None, handler_cancellation=True, shutdown_timeout=30.0
+            self.make_proxy_app(),
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=max(1.0, shutdown.timeout - shutdown.drain_delay - 2.0),
         )
         await self._proxy_runner.setup()
         self.port = await _bind(self._proxy_runner, self.settings.listen)
         self.health.start_probes(redis_ping, self.client.status, self._probe_interval)
+        self._loops = [
+            asyncio.create_task(self._flush_loop()),
+            asyncio.create_task(self.reporter.run(self._stop_loops)),
+        ]
         self.health.phase = "ready"
         log.info(
             "threescale-proxy ready",
@@ -90,14 +119,59 @@ class ProxyServer:
             },
         )
 
-    async def stop(self, drain_delay: float = 0.0) -> None:
-        """Readiness false, wait `drain_delay` for the load balancer, finish in-flight requests, close."""
+    async def flush(self) -> bool:
+        """Usage and limit counts from memory to the store; False when the store is unreachable."""
+        try:
+            await self.usage.flush()
+            await self.limiter.settle()
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def _flush_loop(self) -> None:
+        interval = self.settings.report.flush_to_redis_ms / 1000
+        while not self._stop_loops.is_set():
+            try:
+                await self.flush()
+            except Exception:  # the loop must survive anything, and say so
+                self.metrics.errors.labels("flush").inc()
+                log.exception("usage flush crashed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_loops.wait(), interval)
+
+    async def report_now(self) -> None:
+        """Flush and report everything pending (tests, and the last step of a shutdown)."""
+        if await self.flush():
+            await self.reporter.report_all()
+            return
+        for service_id, fields in self.usage.take_unsent():  # Redis is down: straight to 3scale from memory
+            service = next(s for s in self.settings.services if s.id == service_id)
+
+            async def forget(_: list[str]) -> None:
+                return None
+
+            await self.reporter.send_fields(service, fields, forget)
+
+    async def stop(self, drain_delay: float | None = None) -> None:
+        """Readiness false, keep accepting for `drain_delay`, finish in-flight requests, flush, report, close."""
+        started = time.monotonic()
+        shutdown = self.settings.shutdown
+        delay = shutdown.drain_delay if drain_delay is None else drain_delay
         self.health.phase = "draining"
-        if drain_delay > 0:
-            await asyncio.sleep(drain_delay)
+        log.info("draining", extra={"fields": {"drain_delay": delay, "timeout": shutdown.timeout}})
+        if delay > 0:
+            await asyncio.sleep(delay)
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()  # stops accepting, waits for in-flight handlers
             self._proxy_runner = None
+        self._stop_loops.set()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        remaining = shutdown.timeout - (time.monotonic() - started) - 0.5
+        try:
+            async with asyncio.timeout(max(remaining, 0.1)):
+                await self.report_now()
+        except (TimeoutError, ReportFailed, StoreUnavailable) as exc:
+            log.error("final report incomplete; usage stays in the buffer", extra={"fields": {"error": repr(exc)}})
         await self.health.stop()
         await self.authorizer.close()
         await self.transport.close()
@@ -106,7 +180,7 @@ class ProxyServer:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
-        log.info("threescale-proxy stopped")
+        log.info("threescale-proxy stopped", extra={"fields": {"seconds": round(time.monotonic() - started, 3)}})
 
 
 async def _bind(runner: web.AppRunner, listen: str) -> int:

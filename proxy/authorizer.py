@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .config import CacheSettings, ServiceSettings
-from .metrics import Metrics
+from .metrics import Metrics, observe_backend
 from .store import Store, StoreUnavailable, auth_key, credentials_digest
 from .threescale.client import ThreescaleClient
 from .threescale.errors import BackendUnavailable
@@ -201,17 +201,13 @@ class Authorizer:
         return AuthResult(decision, "backend")
 
     async def _ask_backend(self, service: ServiceSettings, credentials: AppCredentials) -> AuthStatus:
-        started = time.perf_counter()
+        call = self._client.authorize(service.id, service.token, credentials)
         try:
-            status = await self._client.authorize(service.id, service.token, credentials)
-        except BackendUnavailable as exc:
-            self._metrics.backend_requests.labels("authorize", _failure_label(exc)).inc()
+            status = await observe_backend(self._metrics, "authorize", call, lambda s: s.http_status)
+        except BackendUnavailable:
             self._metrics.errors.labels("backend").inc()
             self.backend_reachable = False
             raise
-        finally:
-            self._metrics.backend_duration.labels("authorize").observe(time.perf_counter() - started)
-        self._metrics.backend_requests.labels("authorize", str(status.http_status)).inc()
         self.backend_reachable = True
         if status.code in SERVICE_CONFIG_CODES:
             self._metrics.errors.labels("backend_config").inc()
@@ -220,6 +216,12 @@ class Authorizer:
                 extra={"fields": {"service": service.id, "code": status.code}},
             )
         return status
+
+    def remember_status(self, service: ServiceSettings, credentials: AppCredentials, status: AuthStatus) -> None:
+        """Take a fresh answer from 3scale obtained elsewhere (the reporter's re-authorization)."""
+        local_key = (service.id, credentials)
+        if local_key in self._local:
+            self._remember(local_key, self._decide(status, self._clock()), self._clock())
 
     def _when_backend_down(
         self, service: ServiceSettings, local_key: LocalKey, stale: AuthDecision | None, exc: BackendUnavailable
@@ -324,11 +326,6 @@ class Authorizer:
             return
         if shared.fresh_until >= current.decision.fresh_until:
             self._remember(local_key, shared, now)
-
-
-def _failure_label(exc: BackendUnavailable) -> str:
-    status = getattr(exc, "status", None)
-    return str(status) if status else type(exc).__name__.removeprefix("Backend").lower()
 
 
 def _seconds_to_reset(reports: tuple[UsageReport, ...], now: float) -> float:

@@ -221,7 +221,7 @@ class Emulator:
         return self._down
 
     async def set_down(self, mode: str | None) -> None:
-        """"error": every protocol call answers 503 (empty); "refuse": stop listening; None: back."""
+        """ "error": every protocol call answers 503 (empty); "refuse": stop listening; None: back."""
         if mode is not None and mode not in DOWN_MODES:
             raise ValueError(f"down mode must be one of {DOWN_MODES} or None, not {mode!r}")
         self._cancel_restore()
@@ -316,12 +316,27 @@ class Emulator:
         """Suspend or resume a whole service (anything but "active" gives service_not_active)."""
         self._service(service_id).state = state
 
-    def _accept(self, service: Service, app: App, name: str, usage: Mapping[str, Usage],
-                processed: Mapping[str, Usage], at: float, source: str) -> None:
+    def _accept(
+        self,
+        service: Service,
+        app: App,
+        name: str,
+        usage: Mapping[str, Usage],
+        processed: Mapping[str, Usage],
+        at: float,
+        source: str,
+    ) -> None:
         """Count one accepted transaction and remember it as reaching 3scale."""
         self._counters.apply(service.id, app.ident, processed, at)
-        self.reported.append({"service_id": service.id, "app": name, "timestamp": at, "source": source,
-                              "usage": {metric: value.render() for metric, value in usage.items()}})
+        self.reported.append(
+            {
+                "service_id": service.id,
+                "app": name,
+                "timestamp": at,
+                "source": source,
+                "usage": {metric: value.render() for metric, value in usage.items()},
+            }
+        )
 
     def _record_error(self, service_id: str, error: ProtocolError, now: float) -> None:
         """Add to the per-service error list, newest first, capped like apisonator's."""
@@ -343,9 +358,17 @@ class Emulator:
         else:
             response = await self._answer(endpoint, request, params)
         response.headers["Access-Control-Allow-Origin"] = "*"
-        self.calls.append(RecordedCall(endpoint=endpoint, method=request.method, path=request.path,
-                                       params=list(params.pairs), headers=dict(request.headers),
-                                       status=response.status, at=at))
+        self.calls.append(
+            RecordedCall(
+                endpoint=endpoint,
+                method=request.method,
+                path=request.path,
+                params=list(params.pairs),
+                headers=dict(request.headers),
+                status=response.status,
+                at=at,
+            )
+        )
         return response
 
     async def _answer(self, endpoint: str, request: web.Request, params: Params) -> web.StreamResponse:
@@ -363,8 +386,13 @@ class Emulator:
             return _xml(200)
         if endpoint == "options":
             requested = request.headers.get("Access-Control-Request-Headers", "3scale-options")
-            return _xml(204, headers={"Access-Control-Allow-Methods": "GET, POST, HEAD, OPTIONS",
-                                      "Access-Control-Allow-Headers": requested})
+            return _xml(
+                204,
+                headers={
+                    "Access-Control-Allow-Methods": "GET, POST, HEAD, OPTIONS",
+                    "Access-Control-Allow-Headers": requested,
+                },
+            )
         return _xml(404)
 
     def _authorize(self, endpoint: str, request: web.Request, params: Params) -> web.Response:
@@ -416,8 +444,7 @@ class Emulator:
         if missing:
             return _json_error(400, f"missing query parameters: {', '.join(missing)}")
         try:
-            value = self.usage(query["service_id"], query["app"], query["metric"],
-                               query.get("period", "eternity"))
+            value = self.usage(query["service_id"], query["app"], query["metric"], query.get("period", "eternity"))
         except (KeyError, ValueError) as exc:
             return _json_error(404, str(exc))
         return web.json_response({"value": value})
@@ -530,8 +557,9 @@ async def _serve(config: Path, host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m proxy.emulator --config FILE.yaml [--host H] [--port P]`."""
-    parser = argparse.ArgumentParser(prog="python -m proxy.emulator",
-                                     description="A 3scale Service Management API emulator.")
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy.emulator", description="A 3scale Service Management API emulator."
+    )
     parser.add_argument("--config", required=True, type=Path, help="YAML file: services, plans, applications")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3001)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -77,6 +77,7 @@ async def forward(
     url: str,
     headers: CIMultiDict[str],
     upstream_timeout: float,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> tuple[web.StreamResponse, Forwarded]:
     """Send upstream and stream back. After headers are sent a failure can only cut the connection."""
     has_body = request.body_exists or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
@@ -96,6 +97,8 @@ async def forward(
     upstream_seconds = time.perf_counter() - started
     try:
         headers = _response_headers(upstream.headers)
+        if extra_headers:
+            headers.update(extra_headers)
         bodiless = request.method == "HEAD" or upstream.status in (204, 304)
         length = upstream.headers.get("Content-Length", "")
         if not bodiless and length.isdigit() and int(length) <= SMALL_BODY:

@@ -5,8 +5,13 @@ Each proxy owns a registry (not the global one) so several proxies can live in o
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+T = TypeVar("T")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -86,3 +91,19 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format for /metrics."""
         return generate_latest(self.registry)
+
+
+async def observe_backend(metrics: Metrics, endpoint: str, call: Awaitable[T], status_of: Callable[[T], int]) -> T:
+    """Await one 3scale call, counting it by endpoint and status (or failure kind) and timing it."""
+    started = time.perf_counter()
+    try:
+        result = await call
+    except BaseException as exc:
+        status = getattr(exc, "status", None)
+        label = str(status) if status else type(exc).__name__.removeprefix("Backend").lower()
+        metrics.backend_requests.labels(endpoint, label).inc()
+        raise
+    finally:
+        metrics.backend_duration.labels(endpoint).observe(time.perf_counter() - started)
+    metrics.backend_requests.labels(endpoint, str(status_of(result))).inc()
+    return result

@@ -18,13 +18,14 @@ from . import credentials as creds_step
 from .authorizer import AuthDecision, Authorizer
 from .config import GatewaySettings, ServiceSettings
 from .forward import forward, json_error, upstream_headers, upstream_url
+from .limits import Limiter
 from .logs import ACCESS_LOGGER, mask
 from .mapping import Mapper
 from .metrics import Metrics
 from .routing import Router
 from .threescale.models import AppCredentials
 from .transport import Transport
-from .usage import UsageAggregate
+from .usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -72,7 +73,8 @@ class Pipeline:
         self,
         services: Sequence[ServiceSettings],
         authorizer: Authorizer,
-        usage: UsageAggregate,
+        limiter: Limiter,
+        usage: UsageRecorder,
         transport: Transport,
         metrics: Metrics,
         gateway: GatewaySettings,
@@ -82,6 +84,7 @@ class Pipeline:
         self._router = Router(services)
         self._services = {s.id: ServiceRuntime.build(s) for s in services}
         self._authorizer = authorizer
+        self._limiter = limiter
         self._usage = usage
         self._transport = transport
         self._metrics = metrics
@@ -129,11 +132,20 @@ class Pipeline:
         if not result.decision.allowed:
             return self._denied(service, result.decision, outcome)
 
+        limit = await self._limiter.check(service.id, credentials, result.decision, usage)
+        if not limit.allowed:
+            self._metrics.limited.labels(service.id, "plan").inc()
+            response = self._error(service, "limits_exceeded", outcome)
+            response.headers.update(limit.headers)
+            return response
+
         self._usage.add(service.id, credentials, usage, time.time())
 
         url = upstream_url(service.upstream, request.raw_path, runtime.strip_query)
         headers = upstream_headers(request, runtime.strip_headers)
-        response, forwarded = await forward(request, self._transport, url, headers, service.upstream_timeout)
+        response, forwarded = await forward(
+            request, self._transport, url, headers, service.upstream_timeout, limit.headers
+        )
         outcome.status = forwarded.status
         outcome.upstream_seconds = forwarded.upstream_seconds
         outcome.error = forwarded.error

@@ -194,6 +194,8 @@ def proxy_settings(backend_url: str, upstream_url: str, redis_url: str = "memory
         "threescale": {"backend_url": backend_url, "timeout": 1},
         "services": [service],
         "log": {"access_log": False},
+        "report": {"interval": 60, "flush_to_redis_ms": 100, "lease": 5},
+        "shutdown": {"drain_delay": 0, "timeout": 10},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
@@ -201,3 +203,14 @@ def proxy_settings(backend_url: str, upstream_url: str, redis_url: str = "memory
         else:
             raw[key] = value
     return settings_from_dict(raw, source="<test>", env={})
+
+
+def reported_totals(emulator: Any, app: str | None = None) -> dict[str, int]:
+    """Sum of the usage 3scale (the emulator) accepted in reports, per metric: what really reached 3scale."""
+    totals: dict[str, int] = {}
+    for entry in emulator.reported:
+        if entry["source"] != "report" or (app is not None and entry["app"] != app):
+            continue
+        for metric, n in entry["usage"].items():
+            totals[metric] = totals.get(metric, 0) + int(n)
+    return totals
