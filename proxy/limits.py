@@ -104,6 +104,7 @@ class Limiter:
         self._clock = clock
         self._windows: dict[str, _Window] = {}
         self._unsent: list[tuple[str, str, list[Settlement]]] = []  # (service, flush id, settlements)
+        self._reserving: dict[str, asyncio.Future[None]] = {}
 
     async def check(
         self, service_id: str, credentials: AppCredentials, decision: AuthDecision, usage: Mapping[str, int]
@@ -115,21 +116,38 @@ class Limiter:
         claims = self._claims(service_id, credentials, decision, usage, now)
         if not claims:
             return ALLOWED_UNLIMITED
-        for attempt in range(3):
+        deadline = now + 3 * self._flush_interval  # how long a denial may wait for other replicas' slices
+        while True:
             if self._take_locally(claims):
                 return LimitResult(True, self._headers(claims, now))
+            busy = {id(f): f for c in claims if (f := self._reserving.get(c.key)) is not None}
+            if busy:  # one reservation per window at a time: others wait and share its slice
+                await asyncio.wait(list(busy.values()))
+                continue
             try:
-                outcome = await self._reserve(claims)
+                outcome = await self._reserve_once(claims)
             except StoreUnavailable:
                 return self._check_alone(claims, now)
             if outcome is None:
                 continue  # granted: take it on the next pass (another request may have got there first)
             denied, others_hold = outcome
-            if others_hold and attempt == 0:
+            if others_hold and self._clock() < deadline:
                 await asyncio.sleep(self._flush_interval)  # their unused slices come back at their next flush
                 continue
             return self._deny(claims[denied], now)
-        return self._deny(claims[0], now)
+
+    async def _reserve_once(self, claims: list[_Claim]) -> tuple[int, bool] | None:
+        """_reserve, with the windows marked busy so concurrent requests here wait instead of reserving too."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for c in claims:
+            self._reserving[c.key] = done
+        try:
+            return await self._reserve(claims)
+        finally:
+            for c in claims:
+                if self._reserving.get(c.key) is done:
+                    del self._reserving[c.key]
+            done.set_result(None)
 
     def _claims(
         self,

@@ -38,7 +38,14 @@ Ack = Callable[[list[str]], Awaitable[None]]
 
 
 class ReportFailed(Exception):
-    """This round cannot go on (3scale unreachable or refusing the service); retry after a backoff."""
+    """This round cannot go on (3scale unreachable or refusing the service); retry after a backoff.
+
+    `result` is the reports_total label: failed, timeout (may have arrived) or rejected.
+    """
+
+    def __init__(self, message: str, result: str = "failed") -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class Reporter:
@@ -100,7 +107,15 @@ class Reporter:
                 async def ack(fields: list[str], batch_id: str = batch.id, sid: str = service.id) -> None:
                     await self._store.ack(sid, batch_id, fields)
 
-                await self.send_fields(service, batch.fields, ack, batch.id)
+                try:
+                    await self.send_fields(service, batch.fields, ack, batch.id)
+                except ReportFailed:
+                    # Retry after the backoff rather than the whole lease; any replica may pick it up then.
+                    retry_in = min(
+                        self._settings.backoff_max, self._settings.interval * 2 ** min(self._failures + 1, 16)
+                    )
+                    await self._store.renew(service.id, batch.id, self._clock() + retry_in)
+                    raise
         await self.update_pending_gauge()
 
     async def update_pending_gauge(self) -> None:
@@ -114,6 +129,15 @@ class Reporter:
         self, service: ServiceSettings, fields: dict[str, int], ack: Ack, batch_id: str | None = None
     ) -> None:
         """Verify, dead-letter what 3scale would reject, and report the rest in POSTs of max_batch."""
+        try:
+            await self._send_fields(service, fields, ack, batch_id)
+        except ReportFailed as exc:
+            self._metrics.reports.labels(exc.result).inc()
+            raise
+
+    async def _send_fields(
+        self, service: ServiceSettings, fields: dict[str, int], ack: Ack, batch_id: str | None
+    ) -> None:
         transactions: dict[tuple[int, str, str], dict[str, int]] = {}
         names: dict[tuple[int, str, str], list[str]] = {}
         for name, delta in fields.items():
@@ -157,12 +181,10 @@ class Reporter:
         except BackendUnavailable as exc:
             # Not idempotent: after a timeout it may have arrived; sending again risks one duplicate, not a loss.
             result = "timeout" if getattr(exc, "maybe_delivered", False) else "failed"
-            self._metrics.reports.labels(result).inc()
-            raise ReportFailed(f"3scale unavailable for service {service.id}: {type(exc).__name__}") from None
+            raise ReportFailed(f"3scale unavailable for service {service.id}: {type(exc).__name__}", result) from None
         except RequestRejected as exc:
-            self._metrics.reports.labels("rejected").inc()
             log.error("3scale rejected a report", extra={"fields": {"service": service.id, "code": exc.code}})
-            raise ReportFailed(f"3scale rejected the report for service {service.id}: {exc.code}") from None
+            raise ReportFailed(f"3scale rejected the report for service {service.id}: {exc.code}", "rejected") from None
         self._metrics.reports.labels("ok").inc()
         self._metrics.report_batch_size.observe(len(transactions))
 

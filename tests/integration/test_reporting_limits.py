@@ -1,0 +1,236 @@
+"""Batched reporting and limits between syncs, with proxies in this process on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+
+import aiohttp
+import pytest
+
+from proxy.emulator import Emulator
+from proxy.reporter import ReportFailed
+from proxy.store.base import dead_letter_key
+from tests.support import (
+    KEY,
+    OTHER_KEY,
+    SERVICE_ID,
+    RedisServer,
+    emulator_config,
+    free_port,
+    proxy_settings,
+    reported_totals,
+)
+
+
+def url(proxy, path: str = "/x") -> str:
+    return f"http://127.0.0.1:{proxy.port}{path}"
+
+
+@pytest.fixture
+async def limited_emulator():
+    """A plan of 5 hits a minute (and orders, a child of hits)."""
+    emu = Emulator(emulator_config({"hits": {"minute": 5, "day": 1000}}))
+    await emu.start()
+    yield emu
+    await emu.stop()
+
+
+async def get(http, proxy, path="/x", key=KEY):
+    async with http.get(url(proxy, path), headers={"x-api-key": key}) as resp:
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+async def test_a_single_replica_stops_at_the_limit_with_headers(limited_emulator, upstream, make_proxy, http):
+    if 60 - time.time() % 60 < 5:
+        await asyncio.sleep(60 - time.time() % 60 + 0.1)  # keep the test inside one minute
+    proxy = await make_proxy(proxy_settings(limited_emulator.url, upstream.url))
+    results = [await get(http, proxy) for _ in range(7)]
+    assert [status for status, _, _ in results] == [200] * 5 + [429] * 2
+    allowed_headers = results[0][1]
+    assert allowed_headers["RateLimit-Limit"] == "5"  # the minute limit is the tightest
+    assert 1 <= int(allowed_headers["RateLimit-Reset"]) <= 60
+    assert [int(h["RateLimit-Remaining"]) for _, h, _ in results[:5]] == [4, 3, 2, 1, 0]
+    _, headers, body = results[5]
+    assert json.loads(body) == {"error": "limits_exceeded", "message": "Usage limit exceeded"}
+    assert headers["RateLimit-Remaining"] == "0" and headers["RateLimit-Limit"] == "5"
+    assert headers["Retry-After"] == headers["RateLimit-Reset"] and 1 <= int(headers["Retry-After"]) <= 60
+    assert len(upstream.received) == 5
+    await proxy.report_now()
+    assert reported_totals(limited_emulator) == {"hits": 5}  # denied requests are not counted
+    assert len(limited_emulator.calls_to("authorize")) == 2  # the first miss and the report's re-authorization
+
+
+async def test_a_child_metric_counts_against_its_parents_limit(limited_emulator, upstream, make_proxy, http):
+    if 60 - time.time() % 60 < 5:
+        await asyncio.sleep(60 - time.time() % 60 + 0.1)
+    proxy = await make_proxy(proxy_settings(limited_emulator.url, upstream.url))
+    # GET /v1/orders/{id} maps to hits 1 + orders 1 (orders is a child of hits: 3scale adds it to hits)
+    statuses = [(await get(http, proxy, "/v1/orders/1"))[0] for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    await proxy.report_now()
+    assert reported_totals(limited_emulator) == {"hits": 2, "orders": 2}
+    assert limited_emulator.usage(SERVICE_ID, KEY, "hits", "minute") == 4  # what 3scale itself counts
+
+
+async def test_three_replicas_admit_exactly_the_limit(upstream, make_proxy, redis_url):
+    emu = Emulator(emulator_config({"hits": {"minute": 100}}))
+    await emu.start()
+    try:
+        if 60 - time.time() % 60 < 10:
+            await asyncio.sleep(60 - time.time() % 60 + 0.1)
+        replicas = [await make_proxy(proxy_settings(emu.url, upstream.url, redis_url)) for _ in range(3)]
+        connector = aiohttp.TCPConnector(limit=200)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one(i: int) -> tuple[int, dict[str, str]]:
+                async with session.get(url(replicas[i % 3]), headers={"x-api-key": KEY}) as resp:
+                    await resp.read()
+                    return resp.status, dict(resp.headers)
+
+            results = await asyncio.gather(*(one(i) for i in range(150)))
+        statuses = Counter(status for status, _ in results)
+        assert statuses == {200: 100, 429: 50}
+        for status, headers in results:
+            assert headers["RateLimit-Limit"] == "100" and int(headers["RateLimit-Remaining"]) >= 0
+            assert 1 <= int(headers["RateLimit-Reset"]) <= 60
+            if status == 429:
+                assert headers["RateLimit-Remaining"] == "0" and headers["Retry-After"] == headers["RateLimit-Reset"]
+        for proxy in replicas:
+            await proxy.flush()
+        await replicas[0].report_now()
+        assert reported_totals(emu) == {"hits": 100}
+        assert emu.usage(SERVICE_ID, KEY, "hits", "minute") == 100
+    finally:
+        await emu.stop()
+
+
+async def test_deleted_application_is_dead_lettered_and_the_rest_reported(upstream, make_proxy, http, redis_url):
+    emu = Emulator(emulator_config())
+    emu.add_application(SERVICE_ID, {"user_key": "third-key-0000000000", "plan": "basic"})
+    await emu.start()
+    try:
+        proxy = await make_proxy(proxy_settings(emu.url, upstream.url, redis_url))
+        for key, n in ((KEY, 3), (OTHER_KEY, 2), ("third-key-0000000000", 4)):
+            for _ in range(n):
+                assert (await get(http, proxy, "/v1/orders/9", key))[0] == 200
+        emu.delete_application(SERVICE_ID, OTHER_KEY)
+        await proxy.report_now()
+        assert reported_totals(emu, KEY) == {"hits": 3, "orders": 3}
+        assert reported_totals(emu, "third-key-0000000000") == {"hits": 4, "orders": 4}
+        assert reported_totals(emu, OTHER_KEY) == {}
+        assert emu.report_errors(SERVICE_ID) == []  # nothing 3scale would have dropped a batch for
+        dead = [json.loads(e) for e in await proxy.store.client.lrange(dead_letter_key(SERVICE_ID), 0, -1)]
+        assert [(d["reason"], d["usage"]) for d in dead] == [("user_key_invalid", {"hits": 2, "orders": 2})]
+        assert OTHER_KEY not in json.dumps(dead)  # the key is masked
+        metrics = proxy.metrics.render().decode()
+        assert 'threescale_proxy_reports_total{result="dead_letter"} 1.0' in metrics
+        assert await proxy.store.pending_size(SERVICE_ID) == 0
+    finally:
+        await emu.stop()
+
+
+async def test_usage_counted_while_3scale_is_down_is_reported_once_after(
+    emulator, upstream, make_proxy, http, redis_url
+):
+    proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url))
+    assert (await get(http, proxy))[0] == 200  # cached from now on
+    await emulator.set_down("error")
+    for _ in range(9):
+        assert (await get(http, proxy))[0] == 200
+    with pytest.raises(ReportFailed, match="unavailable"):
+        await proxy.report_now()
+    calls = len(emulator.calls)
+    await proxy.report_now()  # the batch waits in flight for its backoff: nothing is sent twice meanwhile
+    assert len(emulator.calls) == calls and reported_totals(emulator) == {}
+    await emulator.set_down(None)
+    await proxy.store.renew(SERVICE_ID, *(await _only_batch(proxy)), time.time() - 1)  # as if the lease ended
+    await proxy.report_now()
+    assert reported_totals(emulator) == {"hits": 10}
+    await proxy.report_now()
+    assert reported_totals(emulator) == {"hits": 10}
+    assert 'threescale_proxy_reports_total{result="failed"}' in proxy.metrics.render().decode()
+
+
+async def _only_batch(proxy) -> tuple[str]:
+    ids = await proxy.store.client.zrange(f"tsp:{{svc:{SERVICE_ID}}}:batches", 0, -1)
+    assert len(ids) == 1
+    return (ids[0].decode(),)
+
+
+async def test_a_dead_replicas_batch_is_taken_over_after_the_lease(emulator, upstream, make_proxy, http, redis_url):
+    first = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url, report={"lease": 3}))
+    for _ in range(4):
+        assert (await get(http, first))[0] == 200
+    await first.flush()
+    taken = await first.store.take_batch(SERVICE_ID, time.time(), 3, "dead-replica")  # taken, never reported
+    assert taken is not None and sum(taken.fields.values()) == 4
+    second = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url, report={"lease": 3}))
+    await second.report_now()
+    assert reported_totals(emulator) == {}  # still leased
+    await asyncio.sleep(3.1)
+    await second.report_now()
+    assert reported_totals(emulator) == {"hits": 4}
+
+
+async def test_posts_hold_at_most_max_batch_transactions_with_minute_timestamps(
+    emulator, upstream, make_proxy, http, redis_url
+):
+    keys = [f"batch-key-{i:02d}-abcdefgh" for i in range(7)]
+    for key in keys:
+        emulator.add_application(SERVICE_ID, {"user_key": key, "plan": "basic"})
+    proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url, report={"max_batch": 3}))
+    started = time.time()
+    for key in keys:
+        assert (await get(http, proxy, key=key))[0] == 200
+    await proxy.report_now()
+    posts = emulator.calls_to("report")
+    sizes = sorted(len({k.split("]")[0] for k, _ in c.params if k.startswith("transactions[")}) for c in posts)
+    assert sizes == [1, 3, 3]
+    assert reported_totals(emulator) == {"hits": 7}
+    for entry in emulator.reported:
+        stamp = entry["timestamp"]
+        stamp = stamp if isinstance(stamp, float | int) else stamp.timestamp()
+        assert stamp % 60 == 0 and started - 60 < stamp <= time.time()
+
+
+async def test_redis_outage_keeps_usage_in_memory_then_delivers_it_once(tmp_path, emulator, upstream, make_proxy, http):
+    redis = RedisServer(free_port(), tmp_path)
+    redis.start()
+    try:
+        proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, redis.url))
+        assert (await get(http, proxy))[0] == 200
+        redis.kill()
+        for _ in range(20):
+            assert (await get(http, proxy))[0] == 200
+        await asyncio.sleep(0.3)  # flush attempts fail while Redis is down
+        assert proxy.usage.in_memory() >= 1
+        redis.start()
+        await asyncio.sleep(1.2)  # breaker reopens, the flush loop delivers
+        assert proxy.usage.in_memory() == 0
+        await proxy.report_now()
+        assert reported_totals(emulator) == {"hits": 21}
+    finally:
+        redis.kill()
+
+
+async def test_report_goes_straight_to_3scale_from_memory_when_redis_is_down_at_shutdown(
+    tmp_path, emulator, upstream, http
+):
+    from proxy.app import ProxyServer
+
+    redis = RedisServer(free_port(), tmp_path)
+    redis.start()
+    proxy = ProxyServer(proxy_settings(emulator.url, upstream.url, redis.url))
+    await proxy.start()
+    try:
+        for _ in range(6):
+            assert (await get(http, proxy))[0] == 200
+        redis.kill()
+        await asyncio.sleep(0.2)
+    finally:
+        await proxy.stop()
+        redis.kill()
+    assert reported_totals(emulator) == {"hits": 6}
