@@ -48,13 +48,16 @@ def upstream_url(base: str, raw_path: str, strip_query: Iterable[str] = ()) -> s
     return base + path + (f"?{query}" if query else "")
 
 
-def upstream_headers(request: web.Request, strip: Iterable[str] = ()) -> CIMultiDict[str]:
-    """The client's headers minus hop-by-hop ones and credentials, plus the X-Forwarded-* family."""
+def upstream_headers(request: web.Request, strip: Iterable[str] = (), client_ip: str | None = None) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop ones and credentials, plus the X-Forwarded-* family.
+
+    `client_ip` (API Gateway's context.identity.sourceIp) starts X-Forwarded-For when the gateway sent none.
+    """
     connection_tokens = {t.strip().lower() for t in request.headers.get("Connection", "").split(",") if t.strip()}
     dropped = HOP_BY_HOP | connection_tokens | {"host"} | {n.lower() for n in strip}
     headers: CIMultiDict[str] = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in dropped)
     peer = request.remote or ""
-    previous = request.headers.get("X-Forwarded-For")
+    previous = request.headers.get("X-Forwarded-For") or client_ip
     headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
     headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
     headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)

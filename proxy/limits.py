@@ -26,6 +26,7 @@ from .threescale.models import AppCredentials, UsageReport
 
 log = logging.getLogger(__name__)
 
+MAX_PLANS = 100_000
 KEEP_AFTER_WINDOW = 120  # seconds a counter outlives its window (late settlements still land)
 ETERNITY_TTL = 400 * 86400
 
@@ -56,6 +57,14 @@ class _Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class _Plan:
+    decision: AuthDecision
+    valid_until: float  # the earliest window end: then windows and keys are computed again
+    windows: list[tuple[UsageReport, str, float, float, int]]  # report, key, start, end, base
+    parent_of: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class LimitResult:
     """Allowed or not, and the IETF draft RateLimit headers (plus Retry-After on a denial)."""
 
@@ -68,7 +77,10 @@ ALLOWED_UNLIMITED = LimitResult(True)
 
 def expand_usage(usage: Mapping[str, int], hierarchy: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
     """3scale adds a child metric's usage to its parents; do the same before checking limits."""
-    parent_of = {child: parent for parent, children in hierarchy.items() for child in children}
+    return _expand(usage, {child: parent for parent, children in hierarchy.items() for child in children})
+
+
+def _expand(usage: Mapping[str, int], parent_of: Mapping[str, str]) -> dict[str, int]:
     expanded = dict(usage)
     for metric, delta in usage.items():
         seen = {metric}
@@ -105,6 +117,7 @@ class Limiter:
         self._windows: dict[str, _Window] = {}
         self._unsent: list[tuple[str, str, list[Settlement]]] = []  # (service, flush id, settlements)
         self._reserving: dict[str, asyncio.Future[None]] = {}
+        self._plans: dict[tuple[str, AppCredentials], _Plan] = {}
 
     async def check(
         self, service_id: str, credentials: AppCredentials, decision: AuthDecision, usage: Mapping[str, int]
@@ -157,19 +170,34 @@ class Limiter:
         usage: Mapping[str, int],
         now: float,
     ) -> list[_Claim]:
-        expanded = expand_usage(usage, decision.hierarchy)
-        digest = app_digest(service_id, credentials)
+        plan = self._plans.get((service_id, credentials))
+        if plan is None or plan.decision is not decision or now >= plan.valid_until:
+            plan = self._plan(service_id, credentials, decision, now)
+        expanded = _expand(usage, plan.parent_of) if plan.parent_of else usage
         claims = []
-        for report in decision.usage_reports:
+        for report, key, start, end, base in plan.windows:
             need = expanded.get(report.metric, 0)
-            if need <= 0:
-                continue
+            if need > 0:
+                claims.append(_Claim(service_id, key, report, need, base, start, end))
+        return claims
+
+    def _plan(self, service_id: str, credentials: AppCredentials, decision: AuthDecision, now: float) -> _Plan:
+        """An application's limit windows and their counter keys, computed once per decision and window."""
+        digest = app_digest(service_id, credentials)
+        windows = []
+        for report in decision.usage_reports:
             start, end = periods.window(report.period, now)
             synced_start = report.period_start.timestamp() if report.period_start else 0.0
             base = report.current_value if synced_start == start else 0  # a new window starts empty
-            key = limit_key(service_id, digest, report.metric, report.period, start)
-            claims.append(_Claim(service_id, key, report, need, base, start, end))
-        return claims
+            windows.append(
+                (report, limit_key(service_id, digest, report.metric, report.period, start), start, end, base)
+            )
+        parent_of = {child: parent for parent, children in decision.hierarchy.items() for child in children}
+        plan = _Plan(decision, min((w[3] for w in windows), default=math.inf), windows, parent_of)
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+        self._plans[(service_id, credentials)] = plan
+        return plan
 
     def _window(self, claim: _Claim) -> _Window:
         w = self._windows.get(claim.key)

@@ -142,7 +142,8 @@ class Pipeline:
         self._usage.add(service.id, credentials, usage, time.time())
 
         url = upstream_url(service.upstream, request.raw_path, runtime.strip_query)
-        headers = upstream_headers(request, runtime.strip_headers)
+        source_ip = request.headers.get(self._gateway.source_ip_header) if self._gateway.source_ip_header else None
+        headers = upstream_headers(request, runtime.strip_headers, source_ip)
         response, forwarded = await forward(
             request, self._transport, url, headers, service.upstream_timeout, limit.headers
         )
@@ -191,7 +192,8 @@ class Pipeline:
             if self._gateway.request_id_header
             else None,
             "stage": stage or None,
-            "client": request.remote,
+            "client": (request.headers.get(self._gateway.source_ip_header) if self._gateway.source_ip_header else None)
+            or request.remote,
         }
         if outcome.error:
             fields["error"] = outcome.error
