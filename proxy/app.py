@@ -67,6 +67,7 @@ class ProxyServer:
             self.metrics,
             settings.gateway,
             access_log_enabled=settings.log.access_log,
+            draining=lambda: self.health.phase == "draining",
         )
         self._probe_interval = probe_interval
         self._proxy_runner: web.AppRunner | None = None
@@ -142,7 +143,11 @@ class ProxyServer:
     async def report_now(self) -> None:
         """Flush and report everything pending (tests, and the last step of a shutdown)."""
         if await self.flush():
-            await self.reporter.report_all()
+            try:
+                await self.reporter.report_all()
+            finally:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.reporter.update_pending_gauge()
             return
         for service_id, fields in self.usage.take_unsent():  # Redis is down: straight to 3scale from memory
             service = next(s for s in self.settings.services if s.id == service_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -80,6 +80,7 @@ class Pipeline:
         gateway: GatewaySettings,
         *,
         access_log_enabled: bool = True,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self._router = Router(services)
         self._services = {s.id: ServiceRuntime.build(s) for s in services}
@@ -90,6 +91,7 @@ class Pipeline:
         self._metrics = metrics
         self._gateway = gateway
         self._access_log = access_log_enabled
+        self._draining = draining
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler: every method, every path."""
@@ -108,6 +110,8 @@ class Pipeline:
             response = json_error(500, "internal_error", "The proxy failed to handle the request")
         finally:
             self._finish(request, outcome, time.perf_counter() - started)
+        if self._draining():
+            response.force_close()  # while draining, clients reconnect (to other replicas) instead of reusing this one
         return response
 
     async def _handle(self, request: web.Request, outcome: _Outcome) -> web.StreamResponse:

@@ -9,6 +9,7 @@ for the next round (with backoff), and a batch left by a dead replica is taken o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -88,6 +89,8 @@ class Reporter:
                 self._failures += 1
                 self._metrics.errors.labels("reporter").inc()
                 log.exception("report round crashed")
+            with contextlib.suppress(StoreUnavailable):
+                await self.update_pending_gauge()
             delay = min(self._settings.backoff_max, self._settings.interval * 2 ** min(self._failures, 16))
             if not self._failures:
                 delay = self._settings.interval
@@ -116,7 +119,6 @@ class Reporter:
                     )
                     await self._store.renew(service.id, batch.id, self._clock() + retry_in)
                     raise
-        await self.update_pending_gauge()
 
     async def update_pending_gauge(self) -> None:
         """Usage not yet reported: this replica's memory plus the shared buffer."""

@@ -13,7 +13,7 @@ from ..threescale.models import AppCredentials
 
 KEY_PREFIX = "tsp"
 DEAD_LETTER_MAX = 1000
-DEDUP_TTL = 3600  # seconds a flush id is remembered, so a retried flush is applied once
+DEDUP_TTL = 900  # seconds a flush id is remembered, so a flush retried after an unknown outcome applies once
 
 
 class StoreUnavailable(Exception):

@@ -145,10 +145,12 @@ async def test_usage_counted_while_3scale_is_down_is_reported_once_after(
     calls = len(emulator.calls)
     await proxy.report_now()  # the batch waits in flight for its backoff: nothing is sent twice meanwhile
     assert len(emulator.calls) == calls and reported_totals(emulator) == {}
+    assert proxy.metrics.usage_pending._value.get() >= 1
     await emulator.set_down(None)
     await proxy.store.renew(SERVICE_ID, *(await _only_batch(proxy)), time.time() - 1)  # as if the lease ended
     await proxy.report_now()
     assert reported_totals(emulator) == {"hits": 10}
+    assert proxy.metrics.usage_pending._value.get() == 0
     await proxy.report_now()
     assert reported_totals(emulator) == {"hits": 10}
     assert 'threescale_proxy_reports_total{result="failed"}' in proxy.metrics.render().decode()
