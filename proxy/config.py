@@ -232,6 +232,11 @@ def settings_from_dict(raw: Any, *, source: str = "<config>", env: Mapping[str, 
     return settings
 
 
+# Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_8080_TCP_ADDR`, ... for every Service in the
+# namespace (service links); a Service whose name starts with "proxy" must not break PROXY_* overrides.
+_SERVICE_LINK = re.compile(
+    r"^PROXY(_\w+?)?_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$"
+)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -260,6 +265,8 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: 
     """`PROXY_CACHE__TTL=60` sets cache.ttl; `PROXY_SERVICES__0__TOKEN` sets services[0].token."""
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name == "PROXY_CONFIG":
+            continue
+        if "__" not in name and _SERVICE_LINK.match(name):
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         node: Any = raw

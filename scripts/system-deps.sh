@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need from the system on a fresh Debian/Ubuntu machine: redis-server (tests start
-# their own on a free port), curl (the demo test runs the demo's curl line) and python3-venv.
+# their own on a free port), curl (the demo test runs the demo's curl line), npm (scripts/helm.sh fetches
+# helm from an npm package) and python3-venv.
 # As root it uses apt-get; otherwise it says exactly what to install and fails.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${1:-}" != "venv" ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -101,3 +101,19 @@ def test_check_config_command(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"{bad}: services[0].upstream_timeout: must be greater than 0"
     assert main(["check-config", str(tmp_path / "missing.yaml")]) == 1
     assert "missing.yaml: cannot read file" in capsys.readouterr().err
+
+
+def test_kubernetes_service_links_are_not_overrides():
+    env = {
+        "PROXY_THREESCALE_PROXY_SERVICE_HOST": "10.0.0.1",
+        "PROXY_THREESCALE_PROXY_SERVICE_PORT_HTTP": "80",
+        "PROXY_THREESCALE_PROXY_PORT": "tcp://10.0.0.1:80",
+        "PROXY_THREESCALE_PROXY_PORT_80_TCP_ADDR": "10.0.0.1",
+        "PROXY_SERVICE_HOST": "10.0.0.2",
+        "PROXY_PORT_9090_TCP_PROTO": "tcp",
+        "PROXY_LISTEN": "127.0.0.1:8081",
+    }
+    assert settings_from_dict(MINIMAL, env=env).listen == "127.0.0.1:8081"
+    with pytest.raises(ConfigError) as err:  # a real typo is still an error
+        settings_from_dict(MINIMAL, env={"PROXY_LISTN": "x"})
+    assert "<config>: listn: unknown key" in str(err.value)
