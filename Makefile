@@ -26,14 +26,20 @@ demo: $(VENV)/.run-installed
 test: $(VENV)/.test-installed
 	@scripts/system-deps.sh
 	$(BIN)/ruff check proxy tests bench
+	scripts/check-docker.sh
+	scripts/check-cfn.sh
 	$(BIN)/pytest
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check proxy tests bench
 	$(BIN)/ruff format --check proxy tests bench
 
-unit integration e2e: $(VENV)/.test-installed
+unit integration: $(VENV)/.test-installed
 	$(BIN)/pytest tests/$@
+
+# End to end through API Gateway: LocalStack (its own Python 3.13 venv) in front of the proxy.
+e2e: $(VENV)/.test-installed
+	scripts/e2e-apigw.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -195,15 +195,16 @@ class Settings:
 
 
 def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
-    """Load, interpolate, override and validate; raises ConfigError naming every bad key and the file."""
+    """Load, interpolate, override and validate; raises ConfigError naming every bad key and the file.
+
+    `env:NAME` reads the YAML from the environment variable NAME instead of a file (ECS on Fargate has no
+    file mounts; the variable can come from SSM or Secrets Manager).
+    """
     env = os.environ if env is None else env
     source = str(path) if path is not None else "<environment>"
     raw: Any = {}
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(source, [("", f"cannot read file: {exc.strerror or exc}")]) from None
+        text = _read_source(str(path), source, env)
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -214,6 +215,18 @@ def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | 
         if raw is None:
             raw = {}
     return settings_from_dict(raw, source=source, env=env)
+
+
+def _read_source(path: str, source: str, env: Mapping[str, str]) -> str:
+    if path.startswith("env:"):
+        name = path[4:]
+        if not env.get(name):
+            raise ConfigError(source, [("", f"environment variable {name} is not set")])
+        return env[name]
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [("", f"cannot read file: {exc.strerror or exc}")]) from None
 
 
 def settings_from_dict(raw: Any, *, source: str = "<config>", env: Mapping[str, str] | None = None) -> Settings:

@@ -196,6 +196,9 @@ class Pipeline:
             if self._gateway.request_id_header
             else None,
             "stage": stage or None,
+            "api_key_id": request.headers.get(self._gateway.api_key_id_header)
+            if self._gateway.api_key_id_header
+            else None,
             "client": (request.headers.get(self._gateway.source_ip_header) if self._gateway.source_ip_header else None)
             or request.remote,
         }

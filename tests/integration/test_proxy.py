@@ -352,6 +352,7 @@ async def test_metrics_health_and_access_log(emulator, upstream, make_proxy, htt
                 "X-Amzn-Trace-Id": "Root=1-t",
                 "x-apigw-stage": "prod",
                 "x-apigw-source-ip": "198.51.100.4",
+                "x-apigw-api-key-id": "abc123keyid",
                 "x-apigw-request-id": "req-1",
             },
         ) as resp:
@@ -361,7 +362,7 @@ async def test_metrics_health_and_access_log(emulator, upstream, make_proxy, htt
     assert fields["service"] == SERVICE_ID and fields["status"] == 200 and fields["method"] == "GET"
     assert fields["path"] == "/v1/orders/1" and fields["key"] == "vali…6789" and fields["cache"] == "backend"
     assert fields["trace_id"] == "Root=1-t" and fields["request_id"] == "req-1" and fields["stage"] == "prod"
-    assert fields["client"] == "198.51.100.4"
+    assert fields["client"] == "198.51.100.4" and fields["api_key_id"] == "abc123keyid"
     forwarded = {k.lower(): v for k, v in upstream.received[-1]["headers"].items()}
     assert forwarded["x-forwarded-for"] == "198.51.100.4, 127.0.0.1" and forwarded["x-apigw-request-id"] == "req-1"
     assert fields["total_ms"] >= fields["upstream_ms"] > 0

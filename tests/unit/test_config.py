@@ -117,3 +117,14 @@ def test_kubernetes_service_links_are_not_overrides():
     with pytest.raises(ConfigError) as err:  # a real typo is still an error
         settings_from_dict(MINIMAL, env={"PROXY_LISTN": "x"})
     assert "<config>: listn: unknown key" in str(err.value)
+
+
+def test_config_from_an_environment_variable():
+    text = "services:\n  - {id: '7', token: '${T}', upstream: 'http://127.0.0.1:3000'}\nlog: {level: info}\n"
+    s = load_settings(
+        "env:THREESCALE_PROXY_CONFIG", env={"THREESCALE_PROXY_CONFIG": text, "T": "tok", "PROXY_LOG__LEVEL": "debug"}
+    )
+    assert s.services[0].token == "tok" and s.log.level == "debug"
+    with pytest.raises(ConfigError) as err:
+        load_settings("env:MISSING", env={})
+    assert str(err.value) == "env:MISSING: environment variable MISSING is not set"
