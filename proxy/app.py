@@ -67,7 +67,6 @@ class ProxyServer:
             self.metrics,
             settings.gateway,
             access_log_enabled=settings.log.access_log,
-            draining=lambda: self.health.phase == "draining",
         )
         self._probe_interval = probe_interval
         self._proxy_runner: web.AppRunner | None = None
@@ -81,7 +80,15 @@ class ProxyServer:
         """The aiohttp application that proxies every method and path."""
         app = web.Application(client_max_size=0)  # bodies stream; no size cap of our own
         app.router.add_route("*", "/{tail:.*}", self.pipeline.handle)
+        app.on_response_prepare.append(self._close_while_draining)
         return app
+
+    async def _close_while_draining(self, _: web.Request, response: web.StreamResponse) -> None:
+        """While draining, every answer closes its connection: clients reconnect (through the load balancer,
+        to other replicas) instead of reusing one this process is about to close."""
+        if self.health.phase == "draining":
+            response.force_close()
+            response.headers["Connection"] = "close"  # aiohttp has chosen the header before this hook runs
 
     async def start(self) -> None:
         """Bind both listeners (port 0 picks a free one; see .port/.metrics_port) and become ready."""
@@ -94,12 +101,13 @@ class ProxyServer:
         if self.health.redis == "down":
             log.warning("redis is not reachable at start; serving with the in-process cache until it is back")
 
-        shutdown = self.settings.shutdown
         self._proxy_runner = web.AppRunner(
             self.make_proxy_app(),
             access_log=None,
             handler_cancellation=True,
-            shutdown_timeout=max(1.0, shutdown.timeout - shutdown.drain_delay - 2.0),
+            # stop() waits for in-flight requests itself; aiohttp would also wait this long on a connection
+            # accepted as the listener closed that never sends a request
+            shutdown_timeout=1.0,
         )
         await self._proxy_runner.setup()
         self.port = await _bind(self._proxy_runner, self.settings.listen)
@@ -167,7 +175,12 @@ class ProxyServer:
         if delay > 0:
             await asyncio.sleep(delay)
         if self._proxy_runner is not None:
-            await self._proxy_runner.cleanup()  # stops accepting, waits for in-flight handlers
+            for site in list(self._proxy_runner.sites):
+                await site.stop()  # no new connections
+            budget = shutdown.timeout - (time.monotonic() - started) - 3.0  # keep time for the final report
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pipeline.idle.wait(), max(budget, 0.1))
+            await self._proxy_runner.cleanup()  # closes the (now idle) connections
             self._proxy_runner = None
         self._stop_loops.set()
         await asyncio.gather(*self._loops, return_exceptions=True)

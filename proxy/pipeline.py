@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -80,7 +80,6 @@ class Pipeline:
         gateway: GatewaySettings,
         *,
         access_log_enabled: bool = True,
-        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self._router = Router(services)
         self._services = {s.id: ServiceRuntime.build(s) for s in services}
@@ -91,12 +90,16 @@ class Pipeline:
         self._metrics = metrics
         self._gateway = gateway
         self._access_log = access_log_enabled
-        self._draining = draining
+        self.in_flight = 0  # requests being handled: shutdown waits for them
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler: every method, every path."""
         started = time.perf_counter()
         outcome = _Outcome()
+        self.in_flight += 1
+        self.idle.clear()
         try:
             response = await self._handle(request, outcome)
         except asyncio.CancelledError:
@@ -109,9 +112,10 @@ class Pipeline:
             outcome.status, outcome.error = 500, "internal_error"
             response = json_error(500, "internal_error", "The proxy failed to handle the request")
         finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
             self._finish(request, outcome, time.perf_counter() - started)
-        if self._draining():
-            response.force_close()  # while draining, clients reconnect (to other replicas) instead of reusing this one
         return response
 
     async def _handle(self, request: web.Request, outcome: _Outcome) -> web.StreamResponse:

@@ -34,10 +34,15 @@ def free_port() -> int:
 
 @dataclass
 class RedisServer:
-    """A redis-server process owned by the tests; it can be killed and brought back on the same port."""
+    """A redis-server process owned by the tests; it can be killed and brought back on the same port.
+
+    `durable` fsyncs every write to an append-only file so a kill + start loses nothing (a partition or a
+    failover with AOF); by default nothing is persisted, like the machine's own Redis.
+    """
 
     port: int
     workdir: Path
+    durable: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,28 +52,12 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail(
-                "redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server"
-            )
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--protected-mode",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+            pytest.fail("redis-server is not installed: `make test` installs it, or apt-get install redis-server")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--protected-mode", "no"]
+        args += ["--dir", str(self.workdir), "--appendonly", "yes" if self.durable else "no"]
+        if self.durable:
+            args += ["--appendfsync", "always"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

@@ -199,7 +199,7 @@ async def test_posts_hold_at_most_max_batch_transactions_with_minute_timestamps(
 
 
 async def test_redis_outage_keeps_usage_in_memory_then_delivers_it_once(tmp_path, emulator, upstream, make_proxy, http):
-    redis = RedisServer(free_port(), tmp_path)
+    redis = RedisServer(free_port(), tmp_path, durable=True)  # an outage, not data loss
     redis.start()
     try:
         proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, redis.url))
@@ -228,11 +228,27 @@ async def test_report_goes_straight_to_3scale_from_memory_when_redis_is_down_at_
     proxy = ProxyServer(proxy_settings(emulator.url, upstream.url, redis.url))
     await proxy.start()
     try:
+        redis.kill()  # before any usage reached it: all of it is in this process's memory
         for _ in range(6):
             assert (await get(http, proxy))[0] == 200
-        redis.kill()
         await asyncio.sleep(0.2)
+        assert proxy.usage.in_memory() >= 1
     finally:
         await proxy.stop()
         redis.kill()
     assert reported_totals(emulator) == {"hits": 6}
+
+
+async def test_a_slice_held_by_an_idle_replica_is_not_lost(upstream, make_proxy, http, redis_url):
+    emu = Emulator(emulator_config({"hits": {"minute": 20}}))
+    await emu.start()
+    try:
+        if 60 - time.time() % 60 < 10:
+            await asyncio.sleep(60 - time.time() % 60 + 0.1)
+        a = await make_proxy(proxy_settings(emu.url, upstream.url, redis_url))
+        b = await make_proxy(proxy_settings(emu.url, upstream.url, redis_url))
+        assert (await get(http, a))[0] == 200  # A reserves a slice (1 + 19 // 8) and keeps the rest unused
+        statuses = Counter([(await get(http, b))[0] for _ in range(25)])
+        assert statuses == {200: 19, 429: 6}  # B still gets all that A did not use: 20 in total
+    finally:
+        await emu.stop()
