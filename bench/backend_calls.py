@@ -11,25 +11,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import time
 from collections import Counter
 
 import aiohttp
 from aiohttp import web
 
+from bench.run import free_port
 from proxy.app import ProxyServer
 from proxy.config import settings_from_dict
 from proxy.emulator import Emulator
 
 SERVICE_ID = "2555417777820"
 TOKEN = "bench-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def main(args: argparse.Namespace) -> int:
