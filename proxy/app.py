@@ -105,6 +105,9 @@ class ProxyServer:
             self.make_proxy_app(),
             access_log=None,
             handler_cancellation=True,
+            # API Gateway forwards request lines and headers up to 10 KiB; aiohttp's default is 8 KiB
+            max_line_size=16384,
+            max_field_size=16384,
             # stop() waits for in-flight requests itself; aiohttp would also wait this long on a connection
             # accepted as the listener closed that never sends a request
             shutdown_timeout=1.0,

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from .config import CredentialSettings
 from .threescale.models import AppCredentials
 
+MAX_CREDENTIAL_LENGTH = 1024
+
 
 def extract(
     settings: CredentialSettings, headers: Mapping[str, str], query: Mapping[str, str]
@@ -25,6 +27,21 @@ def extract(
         return None
     app_key = source.get(settings.app_key) if settings.app_key else None
     return AppCredentials(app_id=app_id, app_key=app_key)
+
+
+def well_formed(credentials: AppCredentials) -> bool:
+    """Printable UTF-8 of sane length: anything else can never be a 3scale key (3scale answers 422), so it is
+    refused without asking (and without putting undecodable bytes into cache keys or logs)."""
+    for value in (credentials.user_key, credentials.app_id, credentials.app_key):
+        if value is None:
+            continue
+        if len(value) > MAX_CREDENTIAL_LENGTH or not value.isprintable():
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # aiohttp keeps undecodable header bytes as surrogates
+            return False
+    return True
 
 
 def names_to_strip(settings: CredentialSettings) -> tuple[str, ...]:

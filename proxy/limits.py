@@ -118,6 +118,7 @@ class Limiter:
         self._unsent: list[tuple[str, str, list[Settlement]]] = []  # (service, flush id, settlements)
         self._reserving: dict[str, asyncio.Future[None]] = {}
         self._plans: dict[tuple[str, AppCredentials], _Plan] = {}
+        self._settling = asyncio.Lock()
 
     async def check(
         self, service_id: str, credentials: AppCredentials, decision: AuthDecision, usage: Mapping[str, int]
@@ -279,6 +280,10 @@ class Limiter:
 
     async def settle(self) -> None:
         """Turn used slices into usage, give back idle or near-limit slices, and forget ended windows."""
+        async with self._settling:  # the flush loop and report_now() must not send the same settlement
+            await self._settle()
+
+    async def _settle(self) -> None:
         now = self._clock()
         per_service: dict[str, list[Settlement]] = {}
         for key, w in list(self._windows.items()):

@@ -129,6 +129,8 @@ class Pipeline:
         credentials = creds_step.extract(service.credentials, request.headers, request.query)
         if credentials is None:
             return self._error(service, "auth_missing", outcome)
+        if not creds_step.well_formed(credentials):
+            return self._error(service, "auth_failed", outcome, reason="credentials_malformed")
         outcome.credentials = credentials
 
         usage = runtime.mapper.usage(request.method, request.path, request.query)

@@ -6,6 +6,7 @@ lets every report carry the timestamp of the period its usage was counted in.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,6 +87,7 @@ class UsageRecorder:
         self._max_entries = max_entries
         self._unsent: list[tuple[str, str, dict[str, int]]] = []  # (service, flush id, fields)
         self._unsent_entries = 0
+        self._flushing = asyncio.Lock()  # the flush loop and report_now() must not send the same entry
 
     def add(self, service_id: str, credentials: AppCredentials, usage: Mapping[str, int], now: float) -> None:
         """Hot path: count an allowed request (no I/O)."""
@@ -102,14 +104,15 @@ class UsageRecorder:
 
     async def flush(self) -> None:
         """Move the aggregate to the store; raises StoreUnavailable (usage stays in memory for the next try)."""
-        for service_id, fields in self._fields_of(self.aggregate.drain()).items():
-            self._unsent.append((service_id, uuid.uuid4().hex, fields))
-            self._unsent_entries += len(fields)
-        while self._unsent:
-            service_id, flush_id, fields = self._unsent[0]
-            await self._store.add_usage(service_id, flush_id, fields)
-            self._unsent.pop(0)
-            self._unsent_entries -= len(fields)
+        async with self._flushing:
+            for service_id, fields in self._fields_of(self.aggregate.drain()).items():
+                self._unsent.append((service_id, uuid.uuid4().hex, fields))
+                self._unsent_entries += len(fields)
+            while self._unsent:
+                service_id, flush_id, fields = self._unsent[0]
+                await self._store.add_usage(service_id, flush_id, fields)
+                self._unsent.pop(0)
+                self._unsent_entries -= len(fields)
 
     def take_unsent(self) -> list[tuple[str, dict[str, int]]]:
         """At shutdown with the store down: what never reached it, for a report straight to 3scale."""

@@ -34,7 +34,9 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     up = Upstream()
-    up.runner = web.AppRunner(make_upstream_app(up), access_log=None, handler_cancellation=True)
+    up.runner = web.AppRunner(
+        make_upstream_app(up), access_log=None, handler_cancellation=True, max_line_size=16384, max_field_size=16384
+    )
     await up.runner.setup()
     port = free_port()
     await web.TCPSite(up.runner, "127.0.0.1", port).start()

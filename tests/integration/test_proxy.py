@@ -431,3 +431,25 @@ async def test_a_rejected_service_token_is_503_not_the_callers_fault(emulator, u
     assert any(getattr(r, "fields", {}).get("code") == "service_token_invalid" for r in caplog.records)
     assert 'threescale_proxy_errors_total{kind="backend_config"} 1.0' in proxy.metrics.render().decode()
     assert upstream.received == []
+
+
+async def test_malformed_requests_get_clear_4xx_answers(emulator, upstream, make_proxy, http):
+    proxy = await make_proxy(proxy_settings(emulator.url, upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\nx-api-key: \xff\xfe\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403")
+    assert json.loads(body) == {
+        "error": "auth_failed",
+        "message": "Authentication failed",
+        "reason": "credentials_malformed",
+    }
+    assert emulator.calls_to("authorize") == []
+    long_query = "a=" + "b" * 9000  # API Gateway passes request lines up to 10 KiB
+    async with http.get(url(proxy, f"/x?{long_query}"), headers={"x-api-key": KEY}) as resp:
+        assert resp.status == 200 and (await resp.json())["raw_path"] == f"/x?{long_query}"
+    async with http.get(URL(url(proxy, "/x?a=%ff%fe&%zz=1"), encoded=True), headers={"x-api-key": KEY}) as resp:
+        assert resp.status == 200 and (await resp.json())["raw_path"] == "/x?a=%ff%fe&%zz=1"

@@ -110,3 +110,21 @@ async def test_redis_store_opens_its_breaker_after_a_failure():
     finally:
         await store.close()
         server.close()
+
+
+async def test_concurrent_flushes_send_each_entry_once():
+    from proxy.metrics import Metrics
+    from proxy.usage import UsageRecorder
+
+    class SlowStore(MemoryStore):  # every write yields, as a network call would
+        async def add_usage(self, service_id, flush_id, fields):
+            await asyncio.sleep(0.01)
+            await super().add_usage(service_id, flush_id, fields)
+
+    store = SlowStore()
+    recorder = UsageRecorder(store, Metrics(), max_entries=1000)
+    for i in range(5):
+        recorder.add("s", AppCredentials(user_key=f"k{i}"), {"hits": 1}, now=0)
+        await asyncio.gather(recorder.flush(), recorder.flush(), recorder.flush())
+    batch = await store.take_batch("s", 1.0, 30, "b")
+    assert sum(batch.fields.values()) == 5 and recorder.in_memory() == 0

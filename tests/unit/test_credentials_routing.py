@@ -61,3 +61,13 @@ def test_router_wildcard_host_and_no_match():
     assert router.route("eu.api.example.com", "/", {}).id == "a"
     assert router.route("example.com", "/", {}) is None
     assert router.route(None, "/", {}) is None
+
+
+def test_malformed_credentials_are_recognised():
+    from proxy.credentials import well_formed
+
+    assert well_formed(AppCredentials(user_key="abc-123_XYZ"))
+    assert well_formed(AppCredentials(app_id="a1", app_key="k"))
+    assert not well_formed(AppCredentials(user_key="\udcff\udcfe"))  # undecodable bytes, as aiohttp keeps them
+    assert not well_formed(AppCredentials(user_key="a\x00b"))
+    assert not well_formed(AppCredentials(app_id="a", app_key="x" * 1025))
