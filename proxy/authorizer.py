@@ -139,7 +139,6 @@ class Authorizer:
         self._local: OrderedDict[LocalKey, _LocalEntry] = OrderedDict()
         self._inflight: dict[LocalKey, asyncio.Task[AuthResult]] = {}
         self._refreshing: dict[LocalKey, asyncio.Task[None]] = {}
-        self.backend_reachable: bool | None = None
 
     async def authorize(self, service: ServiceSettings, credentials: AppCredentials) -> AuthResult:
         """The decision for these credentials; never raises for Redis or 3scale failures."""
@@ -160,10 +159,6 @@ class Authorizer:
             task.add_done_callback(lambda _t: self._inflight.pop(local_key, None))
         # shield: one caller going away (client disconnect) must not cancel the lookup others wait for
         return await asyncio.shield(task)
-
-    def forget_local(self) -> None:
-        """Drop the in-process layer (tests; and a config reload would want it)."""
-        self._local.clear()
 
     async def close(self) -> None:
         """Cancel background refreshes and wait for in-flight lookups to end."""
@@ -206,9 +201,7 @@ class Authorizer:
             status = await observe_backend(self._metrics, "authorize", call, lambda s: s.http_status)
         except BackendUnavailable:
             self._metrics.errors.labels("backend").inc()
-            self.backend_reachable = False
             raise
-        self.backend_reachable = True
         if status.code in SERVICE_CONFIG_CODES:
             self._metrics.errors.labels("backend_config").inc()
             log.error(

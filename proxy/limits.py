@@ -75,12 +75,8 @@ class LimitResult:
 ALLOWED_UNLIMITED = LimitResult(True)
 
 
-def expand_usage(usage: Mapping[str, int], hierarchy: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
+def expand_usage(usage: Mapping[str, int], parent_of: Mapping[str, str]) -> dict[str, int]:
     """3scale adds a child metric's usage to its parents; do the same before checking limits."""
-    return _expand(usage, {child: parent for parent, children in hierarchy.items() for child in children})
-
-
-def _expand(usage: Mapping[str, int], parent_of: Mapping[str, str]) -> dict[str, int]:
     expanded = dict(usage)
     for metric, delta in usage.items():
         seen = {metric}
@@ -174,7 +170,7 @@ class Limiter:
         plan = self._plans.get((service_id, credentials))
         if plan is None or plan.decision is not decision or now >= plan.valid_until:
             plan = self._plan(service_id, credentials, decision, now)
-        expanded = _expand(usage, plan.parent_of) if plan.parent_of else usage
+        expanded = expand_usage(usage, plan.parent_of) if plan.parent_of else usage
         claims = []
         for report, key, start, end, base in plan.windows:
             need = expanded.get(report.metric, 0)

@@ -72,6 +72,7 @@ class Mapper:
 
     def __init__(self, rules: Sequence[MappingRuleSettings]) -> None:
         self._rules = tuple(compile_rule(r) for r in rules)
+        self.needs_query = any(r.query for r in self._rules)  # else the query string need not be parsed
 
     def usage(self, method: str, path: str, query: Mapping[str, str]) -> dict[str, int] | None:
         """The summed `{metric: delta}` of the matching rules, or None when no rule matches."""

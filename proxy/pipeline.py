@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from aiohttp import web
 
@@ -30,6 +31,7 @@ from .usage import UsageRecorder
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
 
+_NO_QUERY: Mapping[str, str] = MappingProxyType({})  # request.query parses on first use: skip it when unused
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
 
 
@@ -126,14 +128,17 @@ class Pipeline:
         outcome.service = service.id
         runtime = self._services[service.id]
 
-        credentials = creds_step.extract(service.credentials, request.headers, request.query)
+        in_query = service.credentials.location == "query"
+        credentials = creds_step.extract(service.credentials, request.headers, request.query if in_query else _NO_QUERY)
         if credentials is None:
             return self._error(service, "auth_missing", outcome)
         if not creds_step.well_formed(credentials):
             return self._error(service, "auth_failed", outcome, reason="credentials_malformed")
         outcome.credentials = credentials
 
-        usage = runtime.mapper.usage(request.method, request.path, request.query)
+        usage = runtime.mapper.usage(
+            request.method, request.path, request.query if runtime.mapper.needs_query else _NO_QUERY
+        )
         if usage is None:
             return self._error(service, "no_match", outcome)
 

@@ -61,15 +61,6 @@ class UsageAggregate:
         counts, self._counts = self._counts, {}
         return {k: v for k, v in counts.items() if v}
 
-    def totals(self, service_id: str | None = None) -> dict[str, int]:
-        """Sum per metric (all applications and minutes): for tests, logs and the pending gauge."""
-        out: dict[str, int] = {}
-        for key, counts in self._counts.items():
-            if service_id is None or key.service_id == service_id:
-                for metric, n in counts.items():
-                    out[metric] = out.get(metric, 0) + n
-        return out
-
     def __len__(self) -> int:
         return len(self._counts)
 

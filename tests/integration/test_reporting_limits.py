@@ -12,7 +12,6 @@ import pytest
 
 from proxy.emulator import Emulator
 from proxy.reporter import ReportFailed
-from proxy.store.base import dead_letter_key
 from tests.support import (
     KEY,
     OTHER_KEY,
@@ -122,7 +121,7 @@ async def test_deleted_application_is_dead_lettered_and_the_rest_reported(upstre
         assert reported_totals(emu, "third-key-0000000000") == {"hits": 4, "orders": 4}
         assert reported_totals(emu, OTHER_KEY) == {}
         assert emu.report_errors(SERVICE_ID) == []  # nothing 3scale would have dropped a batch for
-        dead = [json.loads(e) for e in await proxy.store.client.lrange(dead_letter_key(SERVICE_ID), 0, -1)]
+        dead = [json.loads(e) for e in await proxy.store.dead_letters(SERVICE_ID)]
         assert [(d["reason"], d["usage"]) for d in dead] == [("user_key_invalid", {"hits": 2, "orders": 2})]
         assert OTHER_KEY not in json.dumps(dead)  # the key is masked
         metrics = proxy.metrics.render().decode()

@@ -56,3 +56,8 @@ def test_regex_characters_in_patterns_are_literal():
 @pytest.mark.parametrize("delta", [0, 5])
 def test_delta_is_used(delta):
     assert usage([Rule(pattern="/", metric="hits", delta=delta)], "GET", "/") == {"hits": delta}
+
+
+def test_mapper_says_whether_it_reads_the_query():
+    assert Mapper([Rule(pattern="/search?q={q}")]).needs_query is True
+    assert Mapper([Rule(pattern="/search"), Rule(pattern="/v1/{id}$")]).needs_query is False
