@@ -29,6 +29,10 @@ from .usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
+STOP_MARGIN = 0.3  # seconds of shutdown.timeout kept for closing connections after the final report
+FINAL_REPORT_RESERVE = 3.0  # seconds of it kept for the final flush and report while requests finish
+LOOP_GRACE = 1.0  # seconds background loops get to finish their step before they are cancelled
+
 
 class ProxyServer:
     """One proxy process: the proxy listener, the metrics listener, the background loops and what they share."""
@@ -133,12 +137,16 @@ class ProxyServer:
 
     async def flush(self) -> bool:
         """Usage and limit counts from memory to the store; False when the store is unreachable."""
+        ok = True
         try:
             await self.usage.flush()
+        except StoreUnavailable:
+            ok = False
+        try:  # a failed usage write must not keep reserved slices from going back
             await self.limiter.settle()
         except StoreUnavailable:
-            return False
-        return True
+            ok = False
+        return ok
 
     async def _flush_loop(self) -> None:
         interval = self.settings.report.flush_to_redis_ms / 1000
@@ -169,9 +177,15 @@ class ProxyServer:
             await self.reporter.send_fields(service, fields, forget)
 
     async def stop(self, drain_delay: float | None = None) -> None:
-        """Readiness false, keep accepting for `drain_delay`, finish in-flight requests, flush, report, close."""
+        """Readiness false, keep accepting for `drain_delay`, finish in-flight requests, flush, report, close.
+
+        Everything ends by `shutdown.timeout`: background loops get a short grace and are then cancelled (a
+        batch they held stays in Redis under its lease), usage in memory goes to Redis before the final
+        report is attempted, and that report is cut off at the deadline (what it did not send stays in Redis).
+        """
         started = time.monotonic()
         shutdown = self.settings.shutdown
+        deadline = started + shutdown.timeout - STOP_MARGIN
         delay = shutdown.drain_delay if drain_delay is None else drain_delay
         self.health.phase = "draining"
         log.info("draining", extra={"fields": {"drain_delay": delay, "timeout": shutdown.timeout}})
@@ -180,21 +194,22 @@ class ProxyServer:
         if self._proxy_runner is not None:
             for site in list(self._proxy_runner.sites):
                 await site.stop()  # no new connections
-            budget = shutdown.timeout - (time.monotonic() - started) - 3.0  # keep time for the final report
+            budget = deadline - time.monotonic() - FINAL_REPORT_RESERVE
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.pipeline.idle.wait(), max(budget, 0.1))
             await self._proxy_runner.cleanup()  # closes the (now idle) connections
             self._proxy_runner = None
         self._stop_loops.set()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        remaining = shutdown.timeout - (time.monotonic() - started) - 0.5
+        await _finish_or_cancel(self._loops, min(LOOP_GRACE, max(deadline - time.monotonic(), 0.0) / 4))
         try:
-            async with asyncio.timeout(max(remaining, 0.1)):
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
                 await self.report_now()
         except (TimeoutError, ReportFailed, StoreUnavailable) as exc:
             log.error("final report incomplete; usage stays in the buffer", extra={"fields": {"error": repr(exc)}})
-        await self.health.stop()
-        await self.authorizer.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(started + shutdown.timeout - time.monotonic(), 0.1)):
+                await self.health.stop()
+                await self.authorizer.close()
         await self.transport.close()
         await self.client.close()
         await self.store.close()
@@ -202,6 +217,16 @@ class ProxyServer:
             await self._admin_runner.cleanup()
             self._admin_runner = None
         log.info("threescale-proxy stopped", extra={"fields": {"seconds": round(time.monotonic() - started, 3)}})
+
+
+async def _finish_or_cancel(tasks: list[asyncio.Task[None]], grace: float) -> None:
+    """Let tasks end by themselves for `grace` seconds, then cancel what is left and wait for it."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _bind(runner: web.AppRunner, listen: str) -> int:
