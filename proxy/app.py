@@ -1,9 +1,10 @@
-"""Builds the proxy from its settings and owns the lifecycle: start, background loops, drain, final report.
+"""The lifecycle of one proxy process: start, background loops, drain, final report, stop.
 
 The metrics port comes up first (readiness 503 while starting), then the proxy port. On SIGTERM readiness
 goes false at once, the listener keeps accepting for `shutdown.drain_delay` so the load balancer stops
 sending, in-flight requests finish, usage in memory goes to Redis (or straight to 3scale when Redis is
-down), a final report is attempted, and everything closes within `shutdown.timeout`.
+down), a final report is attempted, and everything closes within `shutdown.timeout`. The parts themselves
+are built by `components`.
 """
 
 from __future__ import annotations
@@ -11,21 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .authorizer import Authorizer
+from .background import Periodic
+from .clock import Clock, system_clock
+from .components import build
 from .config import Settings, parse_listen
-from .health import Health
-from .limits import Limiter
-from .metrics import Metrics
-from .pipeline import Pipeline
-from .reporter import Reporter, ReportFailed
-from .store import MemoryStore, RedisStore, StoreUnavailable, open_store
-from .threescale.client import ThreescaleClient
-from .transport import AiohttpTransport, Transport
-from .usage import UsageRecorder
+from .reporter import ReportFailed
+from .store import StoreUnavailable
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -37,46 +36,44 @@ LOOP_GRACE = 1.0  # seconds background loops get to finish their step before the
 class ProxyServer:
     """One proxy process: the proxy listener, the metrics listener, the background loops and what they share."""
 
-    def __init__(self, settings: Settings, *, transport: Transport | None = None, probe_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: Transport | None = None,
+        probe_interval: float = 5.0,
+        clock: Clock = system_clock,
+    ) -> None:
         self.settings = settings
-        self.metrics = Metrics()
-        self.health = Health(self.metrics)
-        self.store: MemoryStore | RedisStore = open_store(settings.redis_url)
-        self.usage = UsageRecorder(self.store, self.metrics, settings.report.max_pending_memory)
-        self.client = ThreescaleClient(
-            settings.threescale.backend_url,
-            timeout=settings.threescale.timeout,
-            pool_size=settings.threescale.pool_size,
-        )
-        self.authorizer = Authorizer(self.client, self.store, settings.cache, self.metrics)
-        flush_interval = settings.report.flush_to_redis_ms / 1000
-        self.limiter = Limiter(self.store, self.metrics, flush_interval)
-        self.reporter = Reporter(
-            self.store,
-            self.client,
-            settings.services,
-            settings.report,
-            self.metrics,
-            self.limiter,
-            self.authorizer,
-            in_memory=self.usage.in_memory,
-        )
-        self.transport: Transport = transport or AiohttpTransport()
-        self.pipeline = Pipeline(
-            settings.services,
-            self.authorizer,
-            self.limiter,
-            self.usage,
-            self.transport,
-            self.metrics,
-            settings.gateway,
-            access_log_enabled=settings.log.access_log,
-        )
-        self._probe_interval = probe_interval
+        parts = build(settings, clock=clock, transport=transport)
+        self.components = parts
+        self.metrics = parts.metrics
+        self.health = parts.health
+        self.store = parts.store
+        self.usage = parts.usage
+        self.client = parts.client
+        self.authorizer = parts.authorizer
+        self.limiter = parts.limiter
+        self.reporter = parts.reporter
+        self.transport = parts.transport
+        self.pipeline = parts.pipeline
+        errors = self.metrics.errors
+        report = settings.report
+        self._redis_ping = self.store.ping if self.store.shared else None
+        self._loops = [
+            Periodic("flush", self._flush_step, report.flush_to_redis_ms / 1000, errors),
+            Periodic(
+                "report",
+                self._report_step,
+                report.interval,
+                errors,
+                backoff_max=report.backoff_max,
+                expected=(ReportFailed, StoreUnavailable),
+            ),
+            Periodic("health_probe", self._probe_step, probe_interval, errors),
+        ]
         self._proxy_runner: web.AppRunner | None = None
         self._admin_runner: web.AppRunner | None = None
-        self._stop_loops = asyncio.Event()
-        self._loops: list[asyncio.Task[None]] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
 
@@ -100,8 +97,7 @@ class ProxyServer:
         await self._admin_runner.setup()
         self.metrics_port = await _bind(self._admin_runner, self.settings.metrics_listen)
 
-        redis_ping = self.store.ping if isinstance(self.store, RedisStore) else None
-        await self.health.probe_once(redis_ping, self.client.status)
+        await self._probe_step()
         if self.health.redis == "down":
             log.warning("redis is not reachable at start; serving with the in-process cache until it is back")
 
@@ -118,11 +114,8 @@ class ProxyServer:
         )
         await self._proxy_runner.setup()
         self.port = await _bind(self._proxy_runner, self.settings.listen)
-        self.health.start_probes(redis_ping, self.client.status, self._probe_interval)
-        self._loops = [
-            asyncio.create_task(self._flush_loop()),
-            asyncio.create_task(self.reporter.run(self._stop_loops)),
-        ]
+        for loop in self._loops:
+            loop.start(at_once=loop.name != "health_probe")  # start() has just probed
         self.health.phase = "ready"
         log.info(
             "threescale-proxy ready",
@@ -148,16 +141,18 @@ class ProxyServer:
             ok = False
         return ok
 
-    async def _flush_loop(self) -> None:
-        interval = self.settings.report.flush_to_redis_ms / 1000
-        while not self._stop_loops.is_set():
-            try:
-                await self.flush()
-            except Exception:  # the loop must survive anything, and say so
-                self.metrics.errors.labels("flush").inc()
-                log.exception("usage flush crashed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_loops.wait(), interval)
+    async def _flush_step(self) -> None:
+        await self.flush()  # an unreachable store is not a crash: usage waits in memory, the breaker counts it
+
+    async def _report_step(self) -> None:
+        try:
+            await self.reporter.report_all()
+        finally:
+            with contextlib.suppress(StoreUnavailable):
+                await self.reporter.update_pending_gauge()
+
+    async def _probe_step(self) -> None:
+        await self.health.probe_once(self._redis_ping, self.client.status)
 
     async def report_now(self) -> None:
         """Flush and report everything pending (tests, and the last step of a shutdown)."""
@@ -199,8 +194,8 @@ class ProxyServer:
                 await asyncio.wait_for(self.pipeline.idle.wait(), max(budget, 0.1))
             await self._proxy_runner.cleanup()  # closes the (now idle) connections
             self._proxy_runner = None
-        self._stop_loops.set()
-        await _finish_or_cancel(self._loops, min(LOOP_GRACE, max(deadline - time.monotonic(), 0.0) / 4))
+        grace = min(LOOP_GRACE, max(deadline - time.monotonic(), 0.0) / 4)
+        await asyncio.gather(*(loop.stop(grace) for loop in self._loops))
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
                 await self.report_now()
@@ -208,7 +203,6 @@ class ProxyServer:
             log.error("final report incomplete; usage stays in the buffer", extra={"fields": {"error": repr(exc)}})
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(started + shutdown.timeout - time.monotonic(), 0.1)):
-                await self.health.stop()
                 await self.authorizer.close()
         await self.transport.close()
         await self.client.close()
@@ -219,16 +213,6 @@ class ProxyServer:
         log.info("threescale-proxy stopped", extra={"fields": {"seconds": round(time.monotonic() - started, 3)}})
 
 
-async def _finish_or_cancel(tasks: list[asyncio.Task[None]], grace: float) -> None:
-    """Let tasks end by themselves for `grace` seconds, then cancel what is left and wait for it."""
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=grace)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 async def _bind(runner: web.AppRunner, listen: str) -> int:
     host, port = parse_listen(listen)
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -236,3 +220,21 @@ async def _bind(runner: web.AppRunner, listen: str) -> int:
     server = site._server  # aiohttp exposes no public accessor for the bound port
     sockets = getattr(server, "sockets", None) or []
     return int(sockets[0].getsockname()[1]) if sockets else port
+
+
+async def run_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> int:
+    """Start, wait for SIGTERM or SIGINT, stop; exit 0 on a clean stop (what ECS and Kubernetes expect)."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await start()
+    except OSError as exc:
+        log.error("cannot start", extra={"fields": {"error": str(exc)}})
+        await stop()
+        return 1
+    await stopping.wait()
+    log.info("signal received, stopping")
+    await stop()
+    return 0

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from .config import ConfigError, load_settings
-
-log = logging.getLogger("threescale_proxy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +49,7 @@ def check_config(files: Sequence[str]) -> int:
 
 
 def _serve(config_path: str | None) -> int:
-    from .app import ProxyServer
+    from .app import ProxyServer, run_until_signal
     from .logs import setup_logging
 
     try:
@@ -64,21 +60,3 @@ def _serve(config_path: str | None) -> int:
     setup_logging(settings.log.level)
     server = ProxyServer(settings)
     return asyncio.run(run_until_signal(server.start, server.stop))
-
-
-async def run_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> int:
-    """Start, wait for SIGTERM or SIGINT, stop; exit 0 on a clean stop (what ECS and Kubernetes expect)."""
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
-        await start()
-    except OSError as exc:
-        log.error("cannot start", extra={"fields": {"error": str(exc)}})
-        await stop()
-        return 1
-    await stopping.wait()
-    log.info("signal received, stopping")
-    await stop()
-    return 0

@@ -11,8 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import ProxyServer
-from .cli import run_until_signal
+from .app import ProxyServer, run_until_signal
 from .config import settings_from_dict
 from .emulator import Emulator
 from .logs import setup_logging

@@ -7,7 +7,6 @@ with 200, because taking every replica out of the load balancer would turn a par
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal
@@ -30,7 +29,6 @@ class Health:
         self.redis: Literal["up", "down", "memory", "unknown"] = "unknown"
         self.threescale: Literal["up", "down", "unknown"] = "unknown"
         self._metrics = metrics
-        self._task: asyncio.Task[None] | None = None
 
     def readiness(self) -> tuple[int, dict[str, str]]:
         """HTTP status and JSON body for /readyz."""
@@ -38,15 +36,6 @@ class Health:
             return 503, {"status": self.phase, "redis": self.redis, "threescale": self.threescale}
         degraded = self.redis == "down" or self.threescale == "down"
         return 200, {"status": "degraded" if degraded else "ok", "redis": self.redis, "threescale": self.threescale}
-
-    def start_probes(
-        self,
-        redis_ping: Callable[[], Awaitable[bool]] | None,
-        threescale_ping: Callable[[], Awaitable[bool]],
-        interval: float = 5.0,
-    ) -> None:
-        """Probe in the background so /readyz answers at once, whatever the dependencies are doing."""
-        self._task = asyncio.create_task(self._probe_loop(redis_ping, threescale_ping, interval))
 
     async def probe_once(
         self, redis_ping: Callable[[], Awaitable[bool]] | None, threescale_ping: Callable[[], Awaitable[bool]]
@@ -57,28 +46,6 @@ class Health:
         else:
             self.redis = "up" if await _safe(redis_ping) else "down"
         self.threescale = "up" if await _safe(threescale_ping) else "down"
-
-    async def _probe_loop(
-        self,
-        redis_ping: Callable[[], Awaitable[bool]] | None,
-        threescale_ping: Callable[[], Awaitable[bool]],
-        interval: float,
-    ) -> None:
-        while True:
-            try:
-                await self.probe_once(redis_ping, threescale_ping)
-            except Exception:  # a probe loop must survive anything and keep reporting
-                log.exception("health probe failed")
-                self._metrics.errors.labels("health_probe").inc()
-            await asyncio.sleep(interval)
-
-    async def stop(self) -> None:
-        """Stop the probe loop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     def make_app(self) -> web.Application:
         """The metrics-port application: /healthz, /readyz, /metrics."""

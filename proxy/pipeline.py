@@ -17,6 +17,7 @@ from aiohttp import web
 
 from . import credentials as creds_step
 from .authorizer import AuthDecision, Authorizer
+from .clock import Clock, system_clock
 from .config import GatewaySettings, ServiceSettings
 from .forward import forward, json_error, upstream_headers, upstream_url
 from .limits import Limiter
@@ -82,6 +83,7 @@ class Pipeline:
         gateway: GatewaySettings,
         *,
         access_log_enabled: bool = True,
+        clock: Clock = system_clock,
     ) -> None:
         self._router = Router(services)
         self._services = {s.id: ServiceRuntime.build(s) for s in services}
@@ -92,6 +94,7 @@ class Pipeline:
         self._metrics = metrics
         self._gateway = gateway
         self._access_log = access_log_enabled
+        self._clock = clock
         self.in_flight = 0  # requests being handled: shutdown waits for them
         self.idle = asyncio.Event()
         self.idle.set()
@@ -154,7 +157,7 @@ class Pipeline:
             response.headers.update(limit.headers)
             return response
 
-        self._usage.add(service.id, credentials, usage, time.time())
+        self._usage.add(service.id, credentials, usage, self._clock())
 
         url = upstream_url(service.upstream, request.raw_path, runtime.strip_query)
         source_ip = request.headers.get(self._gateway.source_ip_header) if self._gateway.source_ip_header else None

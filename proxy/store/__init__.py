@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from .base import (
@@ -40,8 +42,11 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> MemoryStore | RedisStore:
-    """A store for `memory://`, `redis://`, `rediss://` (TLS, e.g. ElastiCache) or `unix://`."""
+def open_store(url: str, *, clock: Callable[[], float] = time.time) -> MemoryStore | RedisStore:
+    """A store for `memory://`, `redis://`, `rediss://` (TLS, e.g. ElastiCache) or `unix://`.
+
+    `clock` times memory:// expiry; Redis expires keys by its own clock (its breaker keeps the monotonic one).
+    """
     if urlsplit(url).scheme == "memory":
-        return MemoryStore()
+        return MemoryStore(clock=clock)
     return RedisStore(url)

@@ -1,0 +1,91 @@
+"""The composition root: builds every part of one proxy process from its settings and wires them together.
+
+Nothing else constructs parts or knows how they connect; `app` only starts and stops what this builds.
+One clock is injected into every part that reads the time, so tests can move time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .authorizer import Authorizer
+from .clock import Clock, system_clock
+from .config import Settings
+from .health import Health
+from .limits import Limiter
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .reporter import Reporter
+from .store import Store, open_store
+from .threescale.client import ThreescaleClient
+from .transport import AiohttpTransport, Transport
+from .usage import UsageRecorder
+
+
+@dataclass(frozen=True)
+class Components:
+    """Every long-lived part of one process; `app.ProxyServer` owns their lifecycle."""
+
+    settings: Settings
+    clock: Clock
+    metrics: Metrics
+    health: Health
+    store: Store
+    usage: UsageRecorder
+    client: ThreescaleClient
+    authorizer: Authorizer
+    limiter: Limiter
+    reporter: Reporter
+    transport: Transport
+    pipeline: Pipeline
+
+
+def build(settings: Settings, *, clock: Clock = system_clock, transport: Transport | None = None) -> Components:
+    """Construct and wire the parts; opens no connection yet (clients connect lazily)."""
+    metrics = Metrics()
+    store = open_store(settings.redis_url, clock=clock)
+    usage = UsageRecorder(store, metrics, settings.report.max_pending_memory)
+    client = ThreescaleClient(
+        settings.threescale.backend_url,
+        timeout=settings.threescale.timeout,
+        pool_size=settings.threescale.pool_size,
+    )
+    authorizer = Authorizer(client, store, settings.cache, metrics, clock=clock)
+    limiter = Limiter(store, metrics, settings.report.flush_to_redis_ms / 1000, clock=clock)
+    reporter = Reporter(
+        store,
+        client,
+        settings.services,
+        settings.report,
+        metrics,
+        limiter,
+        authorizer,
+        in_memory=usage.in_memory,
+        clock=clock,
+    )
+    transport = transport or AiohttpTransport()
+    pipeline = Pipeline(
+        settings.services,
+        authorizer,
+        limiter,
+        usage,
+        transport,
+        metrics,
+        settings.gateway,
+        access_log_enabled=settings.log.access_log,
+        clock=clock,
+    )
+    return Components(
+        settings=settings,
+        clock=clock,
+        metrics=metrics,
+        health=Health(metrics),
+        store=store,
+        usage=usage,
+        client=client,
+        authorizer=authorizer,
+        limiter=limiter,
+        reporter=reporter,
+        transport=transport,
+        pipeline=pipeline,
+    )
