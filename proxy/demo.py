@@ -7,6 +7,7 @@ user sees the whole flow (401, 403, 200, 429) with one command.
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 from aiohttp import web
@@ -91,21 +92,21 @@ async def _run(host: str, port: int, metrics_port: int) -> int:
     async def start() -> None:
         await server.start()
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(
-            "\n".join(
-                [
-                    "threescale-proxy demo is running (Ctrl-C to stop)",
-                    f"  proxy     http://{shown}:{server.port}",
-                    f"  metrics   http://{shown}:{server.metrics_port}/metrics  (/healthz, /readyz)",
-                    f"  3scale    {backend_url}  (emulator, service {DEMO_SERVICE_ID})",
-                    f"  upstream  http://127.0.0.1:{echo_port}  (echo)",
-                    f"  demo key  {DEMO_KEY}  ({DEMO_PER_MINUTE} hits a minute)",
-                    "Try:",
-                    f"  curl -i -H 'x-api-key: {DEMO_KEY}' http://{shown}:{server.port}/hello",
-                ]
-            ),
-            flush=True,
+        banner = "\n".join(
+            [
+                "threescale-proxy demo is running (Ctrl-C to stop)",
+                f"  proxy     http://{shown}:{server.port}",
+                f"  metrics   http://{shown}:{server.metrics_port}/metrics  (/healthz, /readyz)",
+                f"  3scale    {backend_url}  (emulator, service {DEMO_SERVICE_ID})",
+                f"  upstream  http://127.0.0.1:{echo_port}  (echo)",
+                f"  demo key  {DEMO_KEY}  ({DEMO_PER_MINUTE} hits a minute)",
+                "Try:",
+                f"  curl -i -H 'x-api-key: {DEMO_KEY}' http://{shown}:{server.port}/hello",
+            ]
         )
+        # one write: the log writer thread shares stdout, and print() writes the text and its newline apart
+        sys.stdout.write(banner + "\n")
+        sys.stdout.flush()
 
     async def stop() -> None:
         await server.stop()

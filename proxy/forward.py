@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .responses import json_error
 from .transport import CHUNK_SIZE, Transport, UpstreamError, UpstreamRequest
 
 SMALL_BODY = 64 * 1024
@@ -67,11 +68,6 @@ def upstream_headers(request: web.Request, strip: Iterable[str] = (), client_ip:
 async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_chunked(CHUNK_SIZE):
         yield chunk
-
-
-def json_error(status: int, error: str, message: str, **extra: str) -> web.Response:
-    """Every error the proxy itself answers: a JSON body `{"error": ..., "message": ...}`."""
-    return web.json_response({"error": error, "message": message, **extra}, status=status)
 
 
 async def forward(

@@ -19,11 +19,13 @@ from . import credentials as creds_step
 from .authorizer import AuthDecision, Authorizer
 from .clock import Clock, system_clock
 from .config import GatewaySettings, ServiceSettings
-from .forward import forward, json_error, upstream_headers, upstream_url
+from .forward import forward, upstream_headers, upstream_url
 from .limits import Limiter
-from .logs import ACCESS_LOGGER, mask
+from .logs import ACCESS_LOGGER
 from .mapping import Mapper
 from .metrics import Metrics
+from .redact import mask
+from .responses import json_error, service_error
 from .routing import Router
 from .threescale.models import AppCredentials
 from .transport import Transport
@@ -153,9 +155,9 @@ class Pipeline:
         limit = await self._limiter.check(service.id, credentials, result.decision, usage)
         if not limit.allowed:
             self._metrics.limited.labels(service.id, "plan").inc()
-            response = self._error(service, "limits_exceeded", outcome)
-            response.headers.update(limit.headers)
-            return response
+            denied = self._error(service, "limits_exceeded", outcome)
+            denied.headers.update(limit.headers)
+            return denied
 
         self._usage.add(service.id, credentials, usage, self._clock())
 
@@ -175,10 +177,9 @@ class Pipeline:
         return response
 
     def _error(self, service: ServiceSettings, kind: str, outcome: _Outcome, **extra: str) -> web.Response:
-        answer = service.error(kind)
-        status = answer.status or 500
-        outcome.status, outcome.error = status, kind
-        return json_error(status, kind, answer.message or kind, **extra)
+        response = service_error(service, kind, **extra)
+        outcome.status, outcome.error = response.status, kind
+        return response
 
     def _denied(self, service: ServiceSettings, decision: AuthDecision, outcome: _Outcome) -> web.Response:
         kind = decision.kind
