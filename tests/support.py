@@ -23,6 +23,33 @@ KEY = "valid-key-0123456789"
 OTHER_KEY = "other-key-9876543210"
 
 
+class ManualClock:
+    """A wall clock tests move by hand (`clock.advance(2)`) instead of sleeping; starts at the real time."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def eventually(condition: Any, timeout: float = 10.0, what: str = "the condition") -> Any:
+    """Wait for an event that has no notification of its own: poll `condition` (sync or async) until truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.support import KEY, OTHER_KEY, SERVICE_ID, proxy_settings, reported_totals
+from tests.support import KEY, OTHER_KEY, SERVICE_ID, ManualClock, eventually, proxy_settings, reported_totals
 
 pytestmark = pytest.mark.asyncio
 
@@ -84,7 +84,10 @@ async def test_shared_cache_serves_a_second_replica_without_3scale(emulator, ups
 
 
 async def test_unknown_key_is_403_and_cached_negatively(emulator, upstream, make_proxy, http, redis_url):
-    proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url, cache={"negative_ttl": 1}))
+    clock = ManualClock()
+    proxy = await make_proxy(
+        proxy_settings(emulator.url, upstream.url, redis_url, cache={"negative_ttl": 1}), clock=clock
+    )
     for _ in range(5):
         async with http.get(url(proxy, "/x"), headers={"x-api-key": "no-such-key-123456"}) as resp:
             assert resp.status == 403
@@ -97,7 +100,7 @@ async def test_unknown_key_is_403_and_cached_negatively(emulator, upstream, make
     }
     assert len(emulator.calls_to("authorize")) == 1
     assert upstream.received == []
-    await asyncio.sleep(1.1)  # past negative_ttl: 3scale is asked again
+    clock.advance(1.1)  # past negative_ttl: 3scale is asked again
     async with http.get(url(proxy, "/x"), headers={"x-api-key": "no-such-key-123456"}) as resp:
         assert resp.status == 403
     assert len(emulator.calls_to("authorize")) == 2
@@ -196,33 +199,36 @@ async def test_thousand_concurrent_requests_with_a_new_key_cause_one_authorize(
 async def test_resilient_serves_known_keys_and_denies_unknown_when_3scale_is_down(
     emulator, upstream, make_proxy, http, redis_url
 ):
-    proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url, cache={"ttl": 1, "local_ttl": 0.5}))
+    clock = ManualClock()
+    settings = proxy_settings(emulator.url, upstream.url, redis_url, cache={"ttl": 1, "local_ttl": 0.5})
+    proxy = await make_proxy(settings, clock=clock)
     async with http.get(url(proxy, "/x"), headers={"x-api-key": KEY}) as resp:
         assert resp.status == 200
     await emulator.set_down("refuse")
-    await asyncio.sleep(1.1)  # the authorization is now expired
+    clock.advance(1.1)  # the authorization is now expired
     async with http.get(url(proxy, "/x"), headers={"x-api-key": KEY}) as resp:
         assert resp.status == 200
     async with http.get(url(proxy, "/x"), headers={"x-api-key": OTHER_KEY}) as resp:
         assert resp.status == 503
         assert (await resp.json())["error"] == "backend_unavailable"
     # a restarted replica with an empty local cache still serves the key from Redis
-    fresh = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url, cache={"ttl": 1, "local_ttl": 0.5}))
+    fresh = await make_proxy(settings, clock=clock)
     async with http.get(url(fresh, "/x"), headers={"x-api-key": KEY}) as resp:
         assert resp.status == 200
     assert len(upstream.received) == 3
 
 
 async def test_strict_denies_expired_and_unknown_keys_when_3scale_is_down(emulator, upstream, make_proxy, http):
+    clock = ManualClock()
     proxy = await make_proxy(
-        proxy_settings(emulator.url, upstream.url, cache={"mode": "strict", "ttl": 1, "local_ttl": 0.5})
+        proxy_settings(emulator.url, upstream.url, cache={"mode": "strict", "ttl": 1, "local_ttl": 0.5}), clock=clock
     )
     async with http.get(url(proxy, "/x"), headers={"x-api-key": KEY}) as resp:
         assert resp.status == 200
     await emulator.set_down("error")  # 503 from 3scale
     async with http.get(url(proxy, "/x"), headers={"x-api-key": KEY}) as resp:
         assert resp.status == 200  # still fresh
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)
     for key in (KEY, OTHER_KEY):
         async with http.get(url(proxy, "/x"), headers={"x-api-key": key}) as resp:
             assert resp.status == 503
@@ -255,29 +261,35 @@ async def test_redis_killed_mid_run(tmp_path, emulator, upstream, make_proxy, ht
 
     redis = RedisServer(free_port(), tmp_path)
     redis.start()
+    clock = ManualClock()
     try:
         proxy = await make_proxy(
-            proxy_settings(emulator.url, upstream.url, redis.url, cache={"local_ttl": 0.2}), probe_interval=0.2
+            proxy_settings(emulator.url, upstream.url, redis.url, cache={"local_ttl": 0.2}),
+            probe_interval=0.2,
+            clock=clock,
         )
         async with http.get(admin(proxy, "/readyz")) as resp:
             assert resp.status == 200 and (await resp.json())["redis"] == "up"
         async with http.get(url(proxy, "/x"), headers={"x-api-key": KEY}) as resp:
             assert resp.status == 200
         redis.kill()
-        await asyncio.sleep(0.5)
+        clock.advance(0.5)  # past local_ttl: hits start background re-reads of the (dead) Redis
         for _ in range(10):  # cached key: from the local layer
             async with http.get(url(proxy, "/x"), headers={"x-api-key": KEY}) as resp:
                 assert resp.status == 200
         async with http.get(url(proxy, "/x"), headers={"x-api-key": OTHER_KEY}) as resp:
             assert resp.status == 200  # new key: straight to 3scale
         assert len(emulator.calls_to("authorize")) == 2
-        async with http.get(admin(proxy, "/readyz")) as resp:
-            assert resp.status == 200
-            assert await resp.json() == {"status": "degraded", "redis": "down", "threescale": "up"}
+
+        async def readyz() -> tuple[int, dict[str, str]]:
+            async with http.get(admin(proxy, "/readyz")) as resp:
+                return resp.status, await resp.json()
+
+        down = (200, {"status": "degraded", "redis": "down", "threescale": "up"})
+        await eventually(lambda: _is(readyz(), down), what="readiness reporting Redis down")
         redis.start()
-        await asyncio.sleep(0.5)
-        async with http.get(admin(proxy, "/readyz")) as resp:
-            assert await resp.json() == {"status": "ok", "redis": "up", "threescale": "up"}
+        up = (200, {"status": "ok", "redis": "up", "threescale": "up"})
+        await eventually(lambda: _is(readyz(), up), what="readiness reporting Redis back")
     finally:
         redis.kill()
 
@@ -322,14 +334,12 @@ async def test_client_disconnect_cancels_the_upstream_call(emulator, upstream, m
     _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(f"GET /slow?seconds=5 HTTP/1.1\r\nHost: x\r\nx-api-key: {KEY}\r\n\r\n".encode())
     await writer.drain()
-    await asyncio.sleep(0.3)
+    await eventually(lambda: upstream.received, what="the request reaching the upstream")
     writer.close()
-    await asyncio.sleep(0.3)
-    metrics = proxy.metrics.render().decode()
-    assert (
-        f'threescale_proxy_requests_total{{method="GET",service="{SERVICE_ID}",stage="",status="499"}} 1.0' in metrics
-    )
-    assert upstream.cancelled == ["/slow"]  # the upstream saw the proxy drop its connection
+    await eventually(lambda: upstream.cancelled, what="the upstream seeing the proxy drop its connection")
+    assert upstream.cancelled == ["/slow"]
+    line = f'threescale_proxy_requests_total{{method="GET",service="{SERVICE_ID}",stage="",status="499"}} 1.0'
+    await eventually(lambda: line in proxy.metrics.render().decode(), what="the 499 in the metrics")
 
 
 async def test_no_service_for_host_is_404(emulator, upstream, make_proxy, http):
@@ -453,3 +463,7 @@ async def test_malformed_requests_get_clear_4xx_answers(emulator, upstream, make
         assert resp.status == 200 and (await resp.json())["raw_path"] == f"/x?{long_query}"
     async with http.get(URL(url(proxy, "/x?a=%ff%fe&%zz=1"), encoded=True), headers={"x-api-key": KEY}) as resp:
         assert resp.status == 200 and (await resp.json())["raw_path"] == "/x?a=%ff%fe&%zz=1"
+
+
+async def _is(answer, expected) -> bool:
+    return await answer == expected

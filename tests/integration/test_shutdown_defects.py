@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from proxy.app import ProxyServer
 from proxy.store import RedisStore, StoreUnavailable, parse_usage_field
 from proxy.store.base import batch_key, batches_key, pending_key
-from tests.support import KEY, OTHER_KEY, SERVICE_ID, proxy_settings, reported_totals
+from tests.support import KEY, OTHER_KEY, SERVICE_ID, eventually, proxy_settings, reported_totals
 
 
 async def hits_in_redis(url: str, service_id: str = SERVICE_ID) -> int:
@@ -27,13 +27,6 @@ async def hits_in_redis(url: str, service_id: str = SERVICE_ID) -> int:
         return total
     finally:
         await client.aclose()
-
-
-async def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_stop_ends_within_its_timeout_with_a_slow_3scale_and_keeps_the_usage_in_redis(
@@ -66,7 +59,7 @@ async def test_stop_ends_within_its_timeout_with_a_slow_3scale_and_keeps_the_usa
         finally:
             await client.aclose()
 
-    await wait_for(reporter_is_busy)
+    await eventually(reporter_is_busy, what="a report round in progress")
     assert [await get(KEY) for _ in range(3)] == [200] * 3  # counted in memory while the round is running
 
     started = time.monotonic()
