@@ -1,6 +1,6 @@
 """Request-parameter and timestamp parsing for the 3scale emulator, the way apisonator's Rack 3.1 does it.
 
-Private helper of `proxy.emulator`; kept apart so the Rack quirks (nested keys, limits, error messages)
+Part of `proxy.emulator`; kept apart so the Rack quirks (nested keys, limits, error messages)
 can be read in one place.
 """
 

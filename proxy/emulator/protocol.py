@@ -1,6 +1,6 @@
 """The 3scale Service Management API's decisions and XML, as apisonator makes them (see THREESCALE.md).
 
-Private helper of `proxy.emulator`: the order of checks, the validators, the status and error documents,
+Part of `proxy.emulator`: the order of checks, the validators, the status and error documents,
 limit headers, and the checks of a report batch. Pure functions over the emulator's model; no aiohttp.
 """
 
@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from proxy._emulator_params import Params, parse_timestamp
-from proxy._emulator_state import PERIODS, App, Counters, Limit, Service, Usage, stored_values, window
+from .params import Params, parse_timestamp
+from .state import PERIODS, App, Counters, Limit, Service, Usage, stored_values, window
 
 CONTENT_TYPE = "application/vnd.3scale-v2.0+xml"
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'

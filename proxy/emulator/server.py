@@ -55,8 +55,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from proxy._emulator_params import Params, parse
-from proxy._emulator_protocol import (
+from .params import Params, parse
+from .protocol import (
     CONTENT_TYPE,
     Extensions,
     ProtocolError,
@@ -65,7 +65,7 @@ from proxy._emulator_protocol import (
     error_entry,
     process_batch,
 )
-from proxy._emulator_state import APP_STATES, PERIODS, App, Counters, Service, Usage, load_services, make_app
+from .state import APP_STATES, PERIODS, App, Counters, Service, Usage, load_services, make_app
 
 __all__ = ["Emulator", "RecordedCall", "main"]
 
@@ -568,5 +568,3 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_serve(args.config, args.host, args.port))
 
 
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """The 3scale emulator's model: services, plans, applications (from its config) and usage counters.
 
-Private helper of `proxy.emulator`. Counters are kept per period window aligned to UTC, as apisonator's
+Part of `proxy.emulator`. Counters are kept per period window aligned to UTC, as apisonator's
 stats keys are, so a report with an old timestamp lands in the window it belongs to.
 """
 

@@ -1,0 +1,5 @@
+"""`python -m proxy.emulator --config FILE.yaml [--host H] [--port P]`."""
+
+from .server import main
+
+main()
