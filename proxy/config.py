@@ -207,11 +207,8 @@ def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | 
         text = _read_source(str(path), source, env)
         try:
             raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise ConfigError(source, [("", f"{where}{problem}")]) from None
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise ConfigError(source, [("", _yaml_problem(exc))]) from None
         if raw is None:
             raw = {}
     return settings_from_dict(raw, source=source, env=env)
@@ -236,11 +233,12 @@ def settings_from_dict(raw: Any, *, source: str = "<config>", env: Mapping[str, 
     if not isinstance(raw, dict):
         raise ConfigError(source, [("", "the top level must be a mapping of keys")])
     raw = _interpolate(raw, "", env, problems)
-    _apply_env_overrides(raw, env, problems)
+    overridden = _apply_env_overrides(raw, env, problems)
     settings = _build(Settings, raw, "", problems)
     if settings is not None:
         _check_semantics(settings, problems)
-    if problems or settings is None:
+    if problems or not isinstance(settings, Settings):
+        problems = [(key, _set_by(key, message, overridden)) for key, message in problems]
         raise ConfigError(source, problems or [("", "invalid configuration")])
     return settings
 
@@ -274,41 +272,168 @@ def _interpolate(node: Any, path: str, env: Mapping[str, str], problems: list[tu
     return node
 
 
-def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: list[tuple[str, str]]) -> None:
-    """`PROXY_CACHE__TTL=60` sets cache.ttl; `PROXY_SERVICES__0__TOKEN` sets services[0].token."""
+def _apply_env_overrides(
+    raw: dict[str, Any], env: Mapping[str, str], problems: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """`PROXY_CACHE__TTL=60` sets cache.ttl; `PROXY_SERVICES__0__TOKEN` sets services[0].token.
+
+    Walks the schema beside the document so every bad override is a problem of its variable (never a
+    traceback, never its value); returns (config path, variable) of each override applied, so later
+    problems of those keys can say which variable set them.
+    """
+    applied: list[tuple[str, str]] = []
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name == "PROXY_CONFIG":
             continue
         if "__" not in name and _SERVICE_LINK.match(name):
             continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        node: Any = raw
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    problems.append((name, f"no list item {part!r} to override"))
-                    break
-                idx = int(part)
-                if last:
-                    node[idx] = yaml.safe_load(env[name]) if env[name] else ""
-                else:
-                    node = node[idx]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = _scalar(env[name])
-                else:
-                    node = node.setdefault(part, {})
-            else:
-                problems.append((name, "overrides a key that is not a mapping"))
-                break
+        words = name[len(ENV_PREFIX) :].split("__")
+        if "" in words:
+            problems.append((name, "empty part in the name (a `__` too many?)"))
+            continue
+        path = _override(raw, words, name, env[name], problems)
+        if path is not None:
+            applied.append((path, name))
+    return applied
+
+
+_INVALID = object()
+"""An override value that was already reported as a problem."""
+
+
+def _override(
+    raw: dict[str, Any], words: list[str], name: str, text: str, problems: list[tuple[str, str]]
+) -> str | None:
+    """Set one override in `raw`; returns its config path, or None after adding the problem."""
+    node: Any = raw
+    tp: Any = Settings
+    path = ""
+    for i, word in enumerate(words):
+        part = word.lower()
+        key: int | str
+        if isinstance(node, list):
+            if not part.isdigit():
+                problems.append((name, f"{path} is a list: {part!r} must be an item number (0 to {len(node) - 1})"))
+                return None
+            key = int(part)
+            if key >= len(node):
+                count = f"{len(node)} item{'' if len(node) == 1 else 's'}"
+                problems.append((name, f"{path} has {count} in the file, so it has no item {key} to override"))
+                return None
+            child_path, child_tp = f"{path}[{key}]", (get_args(tp)[0] if tp is not None else None)
+            child = node[key]
+        else:
+            key = part
+            child_path, child_tp = _join(path, part), _field_type(tp, part)
+            child = node.get(key)
+        if i == len(words) - 1:
+            value = _override_value(child_tp, text, name, problems)
+            if value is _INVALID:
+                return None
+            node[key] = value
+            return child_path
+        inner = _unwrap_optional(child_tp)
+        if inner is not None and not _is_structure(inner):
+            problems.append((name, f"{child_path} is a single value, not a mapping: nothing below it to set"))
+            return None
+        wants_list = get_origin(inner) is list or (inner is None and isinstance(child, list))
+        if wants_list and child is None:
+            default = " (its default is used)" if _has_default(tp, part) else ""
+            whole = ENV_PREFIX + "__".join(words[: i + 1])
+            problems.append(
+                (
+                    name,
+                    f"{child_path} is not in the file{default}, so it has no item {words[i + 1].lower()} to "
+                    f"override; write it in the file, or set the whole list with {whole}='[...]'",
+                )
+            )
+            return None
+        if wants_list and not isinstance(child, list):
+            problems.append((name, f"{child_path} is not a list in the file"))
+            return None
+        if not wants_list:
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, dict):
+                problems.append((name, f"{child_path} is not a mapping in the file"))
+                return None
+        node, tp, path = child, inner, child_path
+    return None  # not reached: the loop returns at the last word
+
+
+def _override_value(tp: Any, text: str, name: str, problems: list[tuple[str, str]]) -> Any:
+    """The value an override sets: strings and numbers as written (`0123` stays `0123`), booleans and null
+    as YAML, a section or list as a YAML document; `_build` then checks it against the schema."""
+    if tp is None:
+        return _scalar(text)  # not in the schema: _build reports the unknown key
+    inner = _unwrap_optional(tp)
+    if inner is not tp and _scalar(text) is None:
+        return None  # "", "~", "null" unset an optional key
+    if _is_structure(inner):
+        try:
+            return yaml.safe_load(text)
+        except (yaml.YAMLError, RecursionError) as exc:
+            problems.append((name, f"not valid YAML: {_yaml_problem(exc)}"))
+            return _INVALID
+    if inner is bool:
+        return _scalar(text)
+    return text
+
+
+def _field_type(tp: Any, key: str) -> Any:
+    """The schema type of `key` below `tp` (a dataclass or a dict type), or None when the schema has no such key."""
+    if dataclasses.is_dataclass(tp):
+        names = {f.name for f in dataclasses.fields(tp)}
+        return typing.get_type_hints(tp)[key] if key in names else None
+    if get_origin(tp) is dict:
+        return get_args(tp)[1]
+    return None
+
+
+def _has_default(tp: Any, key: str) -> bool:
+    """Whether the dataclass `tp` gives `key` a default (so a key missing from the file still has a value)."""
+    if not dataclasses.is_dataclass(tp):
+        return False
+    for f in dataclasses.fields(tp):
+        if f.name == key:
+            return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    return False
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    """`X | None` → X; anything else as it is."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in get_args(tp) if a is not type(None))
+    return tp
+
+
+def _is_structure(tp: Any) -> bool:
+    """A section, list or mapping in the schema (as opposed to a single value)."""
+    return dataclasses.is_dataclass(tp) or get_origin(tp) in (list, dict)
+
+
+def _set_by(key: str, message: str, overridden: list[tuple[str, str]]) -> str:
+    """Add the variables that set `key` (or a section above it) to a problem's message."""
+    names = [name for path, name in overridden if key == path or key.startswith((f"{path}.", f"{path}["))]
+    return f"{message} (set by {', '.join(names)})" if names else message
+
+
+def _yaml_problem(exc: yaml.YAMLError | RecursionError) -> str:
+    """Where and what, never the text itself (it may hold a secret)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"character {exc.position + 1}: {exc.reason}"
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return f"{where}{getattr(exc, 'problem', None) or 'invalid YAML'}"
 
 
 def _scalar(text: str) -> Any:
     """Read an environment value as a YAML scalar so `60` is a number and `true` a boolean."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return text
     return value if isinstance(value, str | int | float | bool) or value is None else text
 
