@@ -88,10 +88,8 @@ async def main(args: argparse.Namespace) -> int:
         await asyncio.gather(*(one(i) for i in range(args.requests)))
     elapsed = time.monotonic() - started
     await proxy.stop()
-    calls = Counter(c.endpoint for c in emulator.calls)
-    reported: Counter[str] = Counter()
-    for entry in emulator.reported:
-        reported[entry["app"]] += int(entry["usage"].get("hits", 0))
+    calls = Counter(emulator.call_counts())  # exact counts: the emulator keeps only its newest records
+    reported: Counter[str] = Counter({key: emulator.reported_totals(key).get("hits", 0) for key in keys})
     await emulator.stop()
     await runner.cleanup()
 

@@ -3,8 +3,10 @@
 It speaks the real wire protocol of /work/shared/THREESCALE.md (status codes, compact XML, error
 documents, order of checks, whole-batch report failures) and is written independently of
 `proxy.threescale`, so the two cross-check each other. Beyond the protocol it offers fault injection
-(`delay`, `set_down`), a record of every protocol call, the ground truth of accepted usage (`reported`),
-and a small JSON control API under `/_emulator/` for when it runs in another process.
+(`delay`, `set_down`), a record of the newest protocol calls (`calls`), the ground truth of accepted usage
+(`reported`, the newest transactions, and `reported_totals`, exact sums), and a small JSON control API under
+`/_emulator/` for when it runs in another process. Records keep the newest `max_records` entries (default
+10,000) so a long `demo` does not grow; `call_count` and `reported_totals` stay exact beyond that.
 
 Config (a dict, or the same shape in YAML)::
 
@@ -26,7 +28,8 @@ Run standalone: `python -m proxy.emulator --config FILE.yaml [--host 127.0.0.1] 
 
 Control API (JSON; never recorded, never delayed, never down):
     GET  /_emulator/calls[?endpoint=authrep]      recorded protocol calls
-    GET  /_emulator/reported                      accepted transactions
+    GET  /_emulator/reported                      accepted transactions (the newest max_records)
+    GET  /_emulator/totals[?source=report&service_id=&app=]   exact sums of accepted usage per metric
     GET  /_emulator/usage?service_id=&app=&metric=&period=   -> {"value": N}
     GET  /_emulator/errors?service_id=            the per-service report error list (newest first)
     GET  /_emulator/state, POST /_emulator/state  {"down": "error"|"refuse"|null, "delay": 0.5, "for": 2.0}
@@ -47,6 +50,7 @@ import copy
 import json
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,12 +69,14 @@ from .protocol import (
     error_entry,
     process_batch,
 )
+from .records import RecordLog, Totals
 from .state import APP_STATES, PERIODS, App, Counters, Service, Usage, load_services, make_app
 
 __all__ = ["Emulator", "RecordedCall", "main"]
 
 BACKEND_VERSION = "3.4.3"
 MAX_ERRORS = 1000
+MAX_RECORDS = 10_000
 DOWN_MODES = ("error", "refuse")
 
 _ROUTES: dict[tuple[str, str], str] = {
@@ -119,15 +125,19 @@ def _xml(status: int, body: str = "", headers: Mapping[str, str] | None = None) 
 class Emulator:
     """An in-memory 3scale backend; see the module docstring for the config and the control API."""
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any], *, max_records: int = MAX_RECORDS) -> None:
         self._config: dict[str, Any] = copy.deepcopy(dict(config))
         self._services: dict[str, Service] = load_services(self._config)
         self._counters = Counters()
         self._errors: dict[str, list[dict[str, str]]] = {}
-        self.calls: list[RecordedCall] = []
-        self.reported: list[dict[str, Any]] = []
-        """Accepted transactions, in order: `{service_id, app, usage: {metric: N or "#N"}, timestamp, source}`
-        with `source` "report" or "authrep"; a dropped batch adds nothing."""
+        self.calls: RecordLog[RecordedCall] = RecordLog(max_records)
+        """The newest `max_records` protocol calls, oldest first (`call_count` counts them all)."""
+        self.reported: RecordLog[dict[str, Any]] = RecordLog(max_records)
+        """The newest `max_records` accepted transactions, in order: `{service_id, app, usage: {metric: N or
+        "#N"}, timestamp, source}` with `source` "report" or "authrep"; a dropped batch adds nothing.
+        `reported_totals` sums all of them, however many were dropped from here."""
+        self._call_counts: Counter[str] = Counter()
+        self._totals = Totals()
         self.delay: float = 0.0
         self.clock: Callable[[], float] = time.time
         """Where "now" comes from (tests pin it); counters, windows and timestamp checks use it."""
@@ -163,6 +173,7 @@ class Emulator:
         control: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
             ("GET", "/_emulator/calls", self._ctl_calls),
             ("GET", "/_emulator/reported", self._ctl_reported),
+            ("GET", "/_emulator/totals", self._ctl_totals),
             ("GET", "/_emulator/usage", self._ctl_usage),
             ("GET", "/_emulator/errors", self._ctl_errors),
             ("GET", "/_emulator/state", self._ctl_get_state),
@@ -251,9 +262,25 @@ class Emulator:
         """The recorded calls of one endpoint ("authorize", "authrep", "report", "status", …)."""
         return [call for call in self.calls if call.endpoint == endpoint]
 
+    def call_count(self, endpoint: str | None = None) -> int:
+        """How many protocol calls (of one endpoint, or all) arrived since the last reset: exact, unbounded."""
+        return sum(self._call_counts.values()) if endpoint is None else self._call_counts[endpoint]
+
+    def call_counts(self) -> dict[str, int]:
+        """Protocol calls per endpoint since the last reset: exact, unbounded."""
+        return dict(self._call_counts)
+
+    def reported_totals(
+        self, app: str | None = None, *, service_id: str | None = None, source: str = "report"
+    ) -> dict[str, int]:
+        """Exact sums per metric of the usage 3scale accepted from `source` ("report" or "authrep"), as the
+        transactions said it (`app` is the user_key or app_id they named); never affected by `max_records`."""
+        return self._totals.select(source, None if service_id is None else str(service_id), app)
+
     def reset_calls(self) -> None:
-        """Forget the recorded calls."""
+        """Forget the recorded calls and their counts."""
         self.calls.clear()
+        self._call_counts.clear()
 
     def reset(self) -> None:
         """Back to the config's services and applications, zero counters, empty records, no faults
@@ -261,8 +288,9 @@ class Emulator:
         self._services = load_services(self._config)
         self._counters.clear()
         self._errors.clear()
-        self.calls.clear()
+        self.reset_calls()
         self.reported.clear()
+        self._totals.clear()
         self.delay = 0.0
         if self._down == "error":
             self._down = None
@@ -328,15 +356,9 @@ class Emulator:
     ) -> None:
         """Count one accepted transaction and remember it as reaching 3scale."""
         self._counters.apply(service.id, app.ident, processed, at)
-        self.reported.append(
-            {
-                "service_id": service.id,
-                "app": name,
-                "timestamp": at,
-                "source": source,
-                "usage": {metric: value.render() for metric, value in usage.items()},
-            }
-        )
+        said = {metric: value.render() for metric, value in usage.items()}
+        self.reported.append({"service_id": service.id, "app": name, "timestamp": at, "source": source, "usage": said})
+        self._totals.add(source, service.id, name, said)
 
     def _record_error(self, service_id: str, error: ProtocolError, now: float) -> None:
         """Add to the per-service error list, newest first, capped like apisonator's."""
@@ -358,6 +380,7 @@ class Emulator:
         else:
             response = await self._answer(endpoint, request, params)
         response.headers["Access-Control-Allow-Origin"] = "*"
+        self._call_counts[endpoint] += 1
         self.calls.append(
             RecordedCall(
                 endpoint=endpoint,
@@ -435,7 +458,15 @@ class Emulator:
 
     async def _ctl_reported(self, request: web.Request) -> web.Response:
         """GET /_emulator/reported."""
-        return web.json_response(self.reported)
+        return web.json_response(list(self.reported))
+
+    async def _ctl_totals(self, request: web.Request) -> web.Response:
+        """GET /_emulator/totals[?source=report&service_id=&app=]."""
+        query = request.query
+        totals = self.reported_totals(
+            query.get("app"), service_id=query.get("service_id"), source=query.get("source", "report")
+        )
+        return web.json_response(totals)
 
     async def _ctl_usage(self, request: web.Request) -> web.Response:
         """GET /_emulator/usage?service_id=&app=&metric=&period=."""
@@ -566,5 +597,3 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args.config, args.host, args.port))
-
-

@@ -255,11 +255,25 @@ def window(period: str, at: float) -> tuple[datetime | None, datetime | None]:
     raise ValueError(f"unknown period {period!r}")
 
 
+_PRUNED_PERIODS = {"minute": 60, "hour": 3600, "day": 86400}
+"""Window lengths of the periods whose old windows are dropped (longer ones add one window a week or more)."""
+KEEP_ENDED = 86400 + 3600
+"""Seconds a window is kept after it ended: 3scale refuses reports older than 24 h, plus a margin."""
+
+
 class Counters:
-    """Usage counters per (service, app, metric, period, window start), all in memory."""
+    """Usage counters per (service, app, metric, period, window start), all in memory.
+
+    Minute, hour and day windows that ended more than `KEEP_ENDED` before the newest usage are dropped, so a
+    long `demo` keeps about a day of windows instead of every minute it ever ran."""
 
     def __init__(self) -> None:
         self._values: dict[tuple[str, str, str, str, int], int] = {}
+        self._newest = 0.0
+        self._pruned_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._values)
 
     @staticmethod
     def _key(service_id: str, app: str, metric: str, period: str, at: float) -> tuple[str, str, str, str, int]:
@@ -276,10 +290,22 @@ class Counters:
             for period in PERIODS:
                 key = self._key(service_id, app, metric, period, at)
                 self._values[key] = value.apply_to(self._values.get(key, 0))
+        self._newest = max(self._newest, at)
+        if self._newest - self._pruned_at >= 60:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Drop the short windows that ended too long ago to receive a report (at most once a minute)."""
+        self._pruned_at = self._newest
+        horizon = self._newest - KEEP_ENDED
+        old = [key for key in self._values if key[3] in _PRUNED_PERIODS and key[4] + _PRUNED_PERIODS[key[3]] < horizon]
+        for key in old:
+            del self._values[key]
 
     def clear(self) -> None:
         """Forget every counter."""
         self._values.clear()
+        self._newest = self._pruned_at = 0.0
 
 
 def stored_values(counters: Counters, service_id: str, app: App, at: float) -> dict[tuple[str, str], int]:

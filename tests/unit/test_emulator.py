@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import calendar
 import copy
+import gc
 import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus, urlencode
@@ -18,6 +20,8 @@ import pytest
 from yarl import URL
 
 from proxy.emulator import Emulator, RecordedCall
+from proxy.emulator.state import Counters, Usage
+from tests.support import reported_totals
 
 SID = "2555417777820"
 TOKEN = "svc-token"
@@ -932,3 +936,112 @@ def test_module_runs_standalone(tmp_path):
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+# ---- bounded records (defect 4: the call log grew for as long as `demo` ran) ----
+
+
+def _emulator_bytes(snapshot: Any) -> int:
+    """Bytes still allocated by the emulator's own code (aiohttp's and the test client's are left out)."""
+    emulator_dir = str(Path(sys.modules[Emulator.__module__].__file__ or "").parent)
+    return sum(
+        stat.size
+        for stat in snapshot.filter_traces([tracemalloc.Filter(True, f"{emulator_dir}/*")]).statistics("filename")
+    )
+
+
+async def test_records_are_bounded_and_totals_stay_exact(aiohttp_client):
+    bound = 20
+    emulator = Emulator(copy.deepcopy(CONFIG), max_records=bound)
+    emulator.clock = lambda: NOW
+    client = await aiohttp_client(emulator.make_app())
+
+    sent = 0
+
+    async def traffic(rounds: int) -> None:
+        nonlocal sent
+        for _ in range(rounds):
+            await call(client, "authrep", v1(user_key="free-key", **{"usage[hits]": "2"}))
+            await report(
+                client,
+                {
+                    "0": {"user_key": "basic-key", "usage[search]": "1"},
+                    "1": {"user_key": "free-key", "usage[hits]": "3"},
+                },
+            )
+            await call(client, "authorize", v1(user_key=f"unknown-{sent}"))  # 404, recorded
+            sent += 1
+
+    tracemalloc.start()
+    try:
+        await traffic(2 * bound)
+        gc.collect()  # count what is kept, not garbage waiting for the cycle collector
+        at_twice_the_bound = _emulator_bytes(tracemalloc.take_snapshot())
+        await traffic(8 * bound)  # 10× the bound in all
+        gc.collect()
+        at_ten_times = _emulator_bytes(tracemalloc.take_snapshot())
+    finally:
+        tracemalloc.stop()
+    rounds = 10 * bound
+    assert len(emulator.calls) == bound and len(emulator.reported) == bound
+    # 480 more calls and 320 transactions kept would be about 700 KB; what moves is allocator noise of a few KB
+    assert at_ten_times - at_twice_the_bound < 64 * 1024, (at_twice_the_bound, at_ten_times)
+    # the log keeps the newest entries, in order
+    assert [c.endpoint for c in emulator.calls[-3:]] == ["authrep", "report", "authorize"]
+    assert emulator.calls[-1].params[-1] == ("user_key", f"unknown-{rounds - 1}")
+    assert emulator.reported[-1] == {
+        "service_id": SID,
+        "app": "free-key",
+        "timestamp": NOW,
+        "source": "report",
+        "usage": {"hits": 3},
+    }
+    # counts and totals are exact however many records were dropped
+    assert (emulator.call_count("authrep"), emulator.call_count("report"), emulator.call_count("authorize")) == (
+        rounds,
+        rounds,
+        rounds,
+    )
+    assert emulator.call_count() == 3 * rounds
+    assert emulator.call_counts() == {"authrep": rounds, "report": rounds, "authorize": rounds}
+    assert emulator.reported_totals() == {"hits": 3 * rounds, "search": rounds}
+    assert emulator.reported_totals(app="free-key") == {"hits": 3 * rounds}
+    assert emulator.reported_totals(source="authrep") == {"hits": 2 * rounds}
+    assert emulator.reported_totals(service_id=V2) == {}
+    assert reported_totals(emulator) == {"hits": 3 * rounds, "search": rounds}
+    assert reported_totals(emulator, "basic-key") == {"search": rounds}
+    assert emulator.usage(SID, "free-key", "hits") == 5 * rounds  # 3scale's own counter agrees
+    totals = await (await client.get("/_emulator/totals?source=report&app=free-key")).json()
+    assert totals == {"hits": 3 * rounds}
+    assert len(await (await client.get("/_emulator/calls")).json()) == bound
+
+    emulator.reset_calls()
+    assert (emulator.calls, emulator.call_count()) == ([], 0)
+    emulator.reset()
+    assert (emulator.reported, emulator.reported_totals(), emulator.reported_totals(source="authrep")) == ([], {}, {})
+
+
+async def test_records_are_bounded_by_default_and_a_bound_must_be_positive():
+    emulator = Emulator(copy.deepcopy(CONFIG))
+    assert emulator.calls.maxlen == emulator.reported.maxlen == 10_000
+    with pytest.raises(ValueError, match="max_records"):
+        Emulator(copy.deepcopy(CONFIG), max_records=0)
+
+
+def test_counters_of_windows_older_than_any_accepted_report_are_dropped():
+    counters = Counters()
+    start, step, steps = NOW, 600.0, 3 * 24 * 6  # every 10 minutes for 3 days
+    for i in range(steps):
+        counters.apply(SID, "free-key", {"hits": Usage(1)}, start + i * step)
+    last = start + (steps - 1) * step
+    # minute, hour and day windows that ended more than 25 h before the newest usage go (3scale refuses reports
+    # older than 24 h); weeks, months, years and eternity stay: 432 + 72 + 4 + 4 windows would be kept otherwise
+    # kept: 151 minutes and 27 hours (25 h back, one every 10 min / hour), 3 days, 2 weeks, month, year, eternity
+    assert len(counters) <= 151 + 27 + 3 + 2 + 3, len(counters)
+    assert counters.get(SID, "free-key", "hits", "eternity", last) == steps
+    assert counters.get(SID, "free-key", "hits", "hour", last) == 6
+    # a report 23 h old still lands in (and reads from) its windows
+    old = last - 23 * 3600
+    before = counters.get(SID, "free-key", "hits", "minute", old)
+    counters.apply(SID, "free-key", {"hits": Usage(5)}, old)
+    assert counters.get(SID, "free-key", "hits", "minute", old) == before + 5
