@@ -8,18 +8,17 @@ for `negative_ttl`, and the cache mode decides what happens when 3scale cannot b
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from .config import CacheSettings, ServiceSettings
+from .decisions import BACKEND_UNAVAILABLE, SERVICE_CONFIG_CODES, AuthDecision
 from .metrics import Metrics, observe_backend
+from .redact import scrub_reason
 from .store import Store, StoreUnavailable, auth_key, credentials_digest
 from .threescale.client import ThreescaleClient
 from .threescale.errors import BackendUnavailable
@@ -30,79 +29,7 @@ log = logging.getLogger(__name__)
 LocalKey = tuple[str, AppCredentials]  # (service id, credentials)
 Layer = Literal["local", "redis", "backend", "stale", "fallback"]
 
-# Codes that mean *our* configuration is wrong (token, service id), not the caller's key.
-SERVICE_CONFIG_CODES = frozenset(
-    {
-        "service_token_invalid",
-        "service_id_invalid",
-        "service_id_missing",
-        "provider_key_invalid",
-        "provider_key_invalid_or_service_missing",
-        "provider_key_or_service_token_required",
-    }
-)
-BACKEND_UNAVAILABLE = "backend_unavailable"
-_QUOTED = re.compile(r'\s*"[^"]*"')
-
-
-@dataclass(frozen=True, slots=True)
-class AuthDecision:
-    """What is known about one set of credentials, with the times it may be used until (epoch seconds)."""
-
-    allowed: bool
-    fresh_until: float
-    stale_until: float
-    code: str | None = None
-    reason: str | None = None
-    plan: str | None = None
-    usage_reports: tuple[UsageReport, ...] = ()
-    hierarchy: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> Literal["allowed", "limits_exceeded", "backend_unavailable", "auth_failed"]:
-        """Which configured error answers a denial (see config.DEFAULT_ERRORS)."""
-        if self.allowed:
-            return "allowed"
-        if self.code == "limits_exceeded":
-            return "limits_exceeded"
-        if self.code == BACKEND_UNAVAILABLE or self.code in SERVICE_CONFIG_CODES:
-            return "backend_unavailable"
-        return "auth_failed"
-
-    def to_json(self) -> bytes:
-        """Compact JSON for Redis; datetimes as ISO strings."""
-        data: dict[str, Any] = {
-            "a": self.allowed,
-            "f": self.fresh_until,
-            "s": self.stale_until,
-            "c": self.code,
-            "r": self.reason,
-            "p": self.plan,
-            "u": [
-                [u.metric, u.period, _iso(u.period_start), _iso(u.period_end), u.max_value, u.current_value, u.exceeded]
-                for u in self.usage_reports
-            ],
-            "h": {k: list(v) for k, v in self.hierarchy.items()},
-        }
-        return json.dumps(data, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> AuthDecision:
-        """Inverse of to_json; raises ValueError (or KeyError/TypeError) on a foreign value."""
-        d = json.loads(raw)
-        return cls(
-            allowed=bool(d["a"]),
-            fresh_until=float(d["f"]),
-            stale_until=float(d["s"]),
-            code=d.get("c"),
-            reason=d.get("r"),
-            plan=d.get("p"),
-            usage_reports=tuple(
-                UsageReport(m, p, _from_iso(ps), _from_iso(pe), int(mx), int(cur), bool(ex))
-                for m, p, ps, pe, mx, cur, ex in d.get("u", [])
-            ),
-            hierarchy={k: tuple(v) for k, v in d.get("h", {}).items()},
-        )
+__all__ = ["BACKEND_UNAVAILABLE", "SERVICE_CONFIG_CODES", "AuthDecision", "AuthResult", "Authorizer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +193,7 @@ class Authorizer:
             fresh_until=now + ttl,
             stale_until=now + ttl,
             code=status.code or "authorization_failed",
-            reason=_scrub(status.reason),
+            reason=scrub_reason(status.reason),
             plan=status.plan,
             usage_reports=status.usage_reports,
             hierarchy=dict(status.hierarchy),
@@ -325,16 +252,3 @@ def _seconds_to_reset(reports: tuple[UsageReport, ...], now: float) -> float:
     """Until the earliest exceeded period ends, so a minute limit is not cached as denied for longer."""
     ends = [u.period_end.timestamp() - now for u in reports if u.exceeded and u.period_end is not None]
     return max(1.0, min(ends)) if ends else float("inf")
-
-
-def _scrub(reason: str | None) -> str | None:
-    """3scale's reasons quote the caller's key (`user key "K" is invalid`): drop quoted values."""
-    return _QUOTED.sub("", reason) if reason else reason
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _from_iso(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None

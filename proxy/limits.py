@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import periods
-from .authorizer import AuthDecision
+from .decisions import AuthDecision
 from .metrics import Metrics
 from .store import LimitClaim, Settlement, Store, StoreUnavailable, credentials_digest, limit_key
 from .threescale.models import AppCredentials, UsageReport

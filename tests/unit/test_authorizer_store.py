@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 import fakeredis
 import pytest
 
-from proxy.authorizer import AuthDecision, _scrub, _seconds_to_reset
+from proxy.authorizer import _seconds_to_reset
+from proxy.decisions import AuthDecision
+from proxy.redact import scrub_reason
 from proxy.store import MemoryStore, RedisStore, StoreUnavailable, auth_key, credentials_digest
 from proxy.threescale.models import AppCredentials, UsageReport
 
@@ -53,9 +55,9 @@ def test_limits_denial_is_cached_no_longer_than_the_exceeded_period():
 
 
 def test_reasons_lose_the_quoted_key():
-    assert _scrub('user key "abc123" is invalid') == "user key is invalid"
-    assert _scrub('application key "k" is invalid') == "application key is invalid"
-    assert _scrub(None) is None
+    assert scrub_reason('user key "abc123" is invalid') == "user key is invalid"
+    assert scrub_reason('application key "k" is invalid') == "application key is invalid"
+    assert scrub_reason(None) is None
 
 
 def test_redis_keys_share_the_service_hash_tag_and_hide_credentials():
