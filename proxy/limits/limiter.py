@@ -18,11 +18,11 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from . import periods
-from .decisions import AuthDecision
-from .metrics import Metrics
-from .store import LimitClaim, Settlement, Store, StoreUnavailable, credentials_digest, limit_key
-from .threescale.models import AppCredentials, UsageReport
+from .. import periods
+from ..decisions import AuthDecision
+from ..metrics import Metrics
+from ..store import LimitClaim, Settlement, Store, StoreUnavailable, credentials_digest, limit_key
+from ..threescale.models import AppCredentials, UsageReport
 
 log = logging.getLogger(__name__)
 
