@@ -1,0 +1,137 @@
+"""This replica's book of limit windows: the allowance it reserved in the shared counters, what it spent of
+it, and what it owes back at the next settlement. Pure bookkeeping (no I/O, no asyncio, no clock): the
+limiter does the store calls and passes the results and the time in."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..store.base import Settlement
+from ..threescale.models import UsageReport
+from .windows import KEEP_AFTER_WINDOW, counter_ttl
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A request's need on one limit window (`key` names the shared counter; `base` is 3scale's value)."""
+
+    service_id: str
+    key: str
+    report: UsageReport
+    need: int
+    base: int
+    start: float
+    end: float
+
+
+@dataclass(slots=True)
+class Window:
+    """This replica's view of one limit window."""
+
+    service_id: str
+    end: float
+    allowance: int = 0  # reserved in the store, not yet used here
+    used: int = 0  # taken from the allowance since the last settlement
+    counted: int = 0  # everything this replica admitted in the window (fallback while the store is down)
+    extra: int = 0  # admitted without a reservation (store down): added to the shared count when it is back
+    free_seen: int = 0  # headroom nobody had reserved, at our last reservation
+    active: bool = False  # used since the last settlement
+
+
+class Ledger:
+    """The windows this replica holds allowances in, keyed by their shared counter's key."""
+
+    def __init__(self, divisor: int) -> None:
+        self._divisor = divisor
+        self._windows: dict[str, Window] = {}
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def get(self, key: str) -> Window | None:
+        """The window of a counter key, if this replica has one."""
+        return self._windows.get(key)
+
+    def allowance(self, key: str) -> int:
+        """Units reserved in the shared counter that this replica may still spend without asking."""
+        w = self._windows.get(key)
+        return w.allowance if w is not None else 0
+
+    def held(self) -> int:
+        """All units this replica holds reserved in shared counters (what a settlement may give back)."""
+        return sum(w.allowance for w in self._windows.values())
+
+    def _window(self, claim: Claim) -> Window:
+        w = self._windows.get(claim.key)
+        if w is None:
+            w = self._windows[claim.key] = Window(claim.service_id, claim.end)
+        return w
+
+    def take(self, claims: Sequence[Claim]) -> bool:
+        """All or nothing: spend every claim's need from the local allowances, or change nothing."""
+        windows = [self._windows.get(c.key) for c in claims]
+        if any(w is None or w.allowance < c.need for w, c in zip(windows, claims, strict=True)):
+            return False
+        for w, c in zip(windows, claims, strict=True):
+            assert w is not None
+            w.allowance -= c.need
+            w.used += c.need
+            w.counted += c.need
+            w.active = True
+        return True
+
+    def shortfall(self, claims: Sequence[Claim]) -> list[tuple[Claim, int]]:
+        """The claims the local allowances cannot cover, each with how many units it lacks."""
+        short = []
+        for c in claims:
+            have = self.allowance(c.key)
+            if have < c.need:
+                short.append((c, c.need - have))
+        return short
+
+    def others_hold(self, claim: Claim, reserved: int) -> bool:
+        """After a denial that found `reserved` units held in the counter: does any other replica hold some?"""
+        return reserved - self.allowance(claim.key) > 0
+
+    def grant(self, claim: Claim, granted: int, free_after: int) -> None:
+        """The store reserved `granted` units for this replica, leaving `free_after` for anyone."""
+        w = self._window(claim)
+        w.allowance += granted
+        w.free_seen = free_after
+
+    def fits_alone(self, claim: Claim) -> bool:
+        """Store down: would 3scale's value plus what this replica admitted plus this need stay in the limit?"""
+        w = self._windows.get(claim.key)
+        counted = w.counted if w is not None else 0
+        return claim.base + counted + claim.need <= claim.report.max_value
+
+    def count_alone(self, claims: Sequence[Claim]) -> None:
+        """Store down: admit without a reservation; the units are added to the shared count when it is back."""
+        for c in claims:
+            w = self._window(c)
+            w.counted += c.need
+            w.extra += c.need
+
+    def remaining(self, claim: Claim) -> int:
+        """What is left of the limit as far as this replica knows (never below 0)."""
+        w = self._windows.get(claim.key)
+        left = (w.free_seen + w.allowance) if w is not None else claim.report.max_value - claim.base
+        return max(0, left)
+
+    def settle(self, now: float, *, release_all: bool = False) -> dict[str, list[Settlement]]:
+        """Per service, what to write back: used units become usage; idle, near-limit or ended allowances
+        (every allowance with `release_all`) go back; windows long over are forgotten."""
+        per_service: dict[str, list[Settlement]] = {}
+        for key, w in list(self._windows.items()):
+            release = 0
+            idle_or_tight = not w.active or w.free_seen < w.allowance * self._divisor or now >= w.end
+            if w.allowance and (release_all or idle_or_tight):
+                release, w.allowance = w.allowance, 0
+            if w.used or release or w.extra:
+                settlement = Settlement(key, w.used, release, counter_ttl(w.end, now), w.extra)
+                per_service.setdefault(w.service_id, []).append(settlement)
+            w.used, w.extra, w.active = 0, 0, False
+            if now >= w.end + KEEP_AFTER_WINDOW and not w.allowance:
+                del self._windows[key]
+        return per_service
