@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..decisions import AuthDecision
+from ..lru import LRU
 from ..metrics import Metrics
 from ..store import LimitClaim, Settlement, Store, StoreUnavailable, credentials_digest, limit_key
 from ..threescale.models import AppCredentials, UsageReport
@@ -28,7 +29,7 @@ from .windows import base_value, counter_ttl, expand_usage, parent_map, window
 
 log = logging.getLogger(__name__)
 
-MAX_PLANS = 100_000
+MAX_PLANS = 100_000  # applications whose limit windows are kept computed; the least recent go first
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ class Limiter:
         self._ledger = Ledger(divisor)
         self._unsent: list[tuple[str, str, list[Settlement]]] = []  # (service, flush id, settlements)
         self._reserving: dict[str, asyncio.Future[None]] = {}
-        self._plans: dict[tuple[str, AppCredentials], _Plan] = {}
+        self._plans: LRU[tuple[str, AppCredentials], _Plan] = LRU(MAX_PLANS)
         self._settling = asyncio.Lock()
 
     async def check(
@@ -151,9 +152,7 @@ class Limiter:
                 (report, limit_key(service_id, digest, report.metric, report.period, start), start, end, base)
             )
         plan = _Plan(decision, min((w[3] for w in windows), default=math.inf), windows, parent_map(decision.hierarchy))
-        if len(self._plans) >= MAX_PLANS:
-            self._plans.clear()
-        self._plans[(service_id, credentials)] = plan
+        self._plans.put((service_id, credentials), plan)
         return plan
 
     async def _reserve(self, claims: list[Claim]) -> tuple[int, bool] | None:
