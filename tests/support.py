@@ -227,3 +227,85 @@ def reported_totals(emulator: Any, app: str | None = None) -> dict[str, int]:
     The emulator's running totals, exact however many transactions its bounded `reported` log dropped."""
     totals: dict[str, int] = emulator.reported_totals(app)
     return totals
+
+
+# ------------------------------------------------------------------------------------------------ waiting on events
+
+
+def minute_start_clock(offset: float = 1.0) -> ManualClock:
+    """A ManualClock `offset` seconds into the current UTC minute.
+
+    Shared by a test's proxies (`make_proxy(settings, clock=clock)`) and its emulator (`emulator.clock = clock`),
+    it keeps per-minute limits inside one minute however slowly the test runs, instead of sleeping until a
+    minute begins; `clock.advance(60)` is the next minute."""
+    now = time.time()
+    return ManualClock(now - now % 60 + offset)
+
+
+async def wait_ready(admin_url: str, timeout: float = 30.0, *, alive: Any = None, what: str = "the proxy") -> None:
+    """Poll `admin_url`/readyz until it answers 200; fail at once when `alive()` turns false (it exited)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+
+        async def ready() -> bool:
+            if alive is not None and not alive():
+                raise AssertionError(f"{what} exited before it was ready")
+            try:
+                async with session.get(f"{admin_url}/readyz") as resp:
+                    return resp.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        await eventually(ready, timeout, what=f"{what} ready")
+
+
+class UsageBuffer:
+    """One service's usage buffer in a real Redis, read the way the proxies write it: pending usage plus every
+    in-flight batch, in one atomic read. Tests wait on it (all usage reached Redis; every batch was
+    acknowledged, so nothing is left that could be reported again) instead of sleeping for it."""
+
+    _READ = """
+    local out = redis.call('HGETALL', KEYS[1])
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+      local fields = redis.call('HGETALL', ARGV[1] .. id)
+      for i = 1, #fields do out[#out + 1] = fields[i] end
+    end
+    return out
+    """
+
+    def __init__(self, url: str, service_id: str = SERVICE_ID) -> None:
+        import redis.asyncio as aioredis
+
+        self.client = aioredis.from_url(url)
+        self.service_id = service_id
+
+    async def usage(self) -> Any:
+        """Usage per (app, metric) in the buffer: a Counter like `tests.e2e.replicas.reported_usage`."""
+        from collections import Counter
+
+        from proxy.store.base import batch_key, batches_key, parse_usage_field, pending_key
+
+        keys = [pending_key(self.service_id), batches_key(self.service_id)]
+        flat = await self.client.eval(self._READ, 2, *keys, batch_key(self.service_id, ""))
+        totals: Counter[tuple[str, str]] = Counter()
+        for name, delta in zip(flat[::2], flat[1::2], strict=True):
+            _, _, metric, app = parse_usage_field(name.decode())
+            totals[app, metric] += int(delta)
+        return totals
+
+    async def holds(self, expected: Any) -> bool:
+        return bool(await self.usage() == expected)
+
+    async def is_empty(self) -> bool:
+        """Nothing pending and no batch in flight."""
+        from proxy.store.base import batches_key, pending_key
+
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hlen(pending_key(self.service_id))
+        pipe.zcard(batches_key(self.service_id))
+        pending, batches = await pipe.execute()
+        return bool(pending == 0 and batches == 0)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -16,9 +16,12 @@ from tests.support import (
     KEY,
     OTHER_KEY,
     SERVICE_ID,
+    ManualClock,
     RedisServer,
     emulator_config,
+    eventually,
     free_port,
+    minute_start_clock,
     proxy_settings,
     reported_totals,
 )
@@ -43,19 +46,18 @@ async def get(http, proxy, path="/x", key=KEY):
 
 
 async def test_a_single_replica_stops_at_the_limit_with_headers(limited_emulator, upstream, make_proxy, http):
-    if 60 - time.time() % 60 < 5:
-        await asyncio.sleep(60 - time.time() % 60 + 0.1)  # keep the test inside one minute
-    proxy = await make_proxy(proxy_settings(limited_emulator.url, upstream.url))
+    clock = limited_emulator.clock = minute_start_clock()  # 1 s into a minute: the test stays inside it
+    proxy = await make_proxy(proxy_settings(limited_emulator.url, upstream.url), clock=clock)
     results = [await get(http, proxy) for _ in range(7)]
     assert [status for status, _, _ in results] == [200] * 5 + [429] * 2
     allowed_headers = results[0][1]
     assert allowed_headers["RateLimit-Limit"] == "5"  # the minute limit is the tightest
-    assert 1 <= int(allowed_headers["RateLimit-Reset"]) <= 60
+    assert allowed_headers["RateLimit-Reset"] == "59"  # the minute ends 59 s from now
     assert [int(h["RateLimit-Remaining"]) for _, h, _ in results[:5]] == [4, 3, 2, 1, 0]
     _, headers, body = results[5]
     assert json.loads(body) == {"error": "limits_exceeded", "message": "Usage limit exceeded"}
     assert headers["RateLimit-Remaining"] == "0" and headers["RateLimit-Limit"] == "5"
-    assert headers["Retry-After"] == headers["RateLimit-Reset"] and 1 <= int(headers["Retry-After"]) <= 60
+    assert headers["Retry-After"] == headers["RateLimit-Reset"] == "59"
     assert len(upstream.received) == 5
     await proxy.report_now()
     assert reported_totals(limited_emulator) == {"hits": 5}  # denied requests are not counted
@@ -63,9 +65,8 @@ async def test_a_single_replica_stops_at_the_limit_with_headers(limited_emulator
 
 
 async def test_a_child_metric_counts_against_its_parents_limit(limited_emulator, upstream, make_proxy, http):
-    if 60 - time.time() % 60 < 5:
-        await asyncio.sleep(60 - time.time() % 60 + 0.1)
-    proxy = await make_proxy(proxy_settings(limited_emulator.url, upstream.url))
+    clock = limited_emulator.clock = minute_start_clock()
+    proxy = await make_proxy(proxy_settings(limited_emulator.url, upstream.url), clock=clock)
     # GET /v1/orders/{id} maps to hits 1 + orders 1 (orders is a child of hits: 3scale adds it to hits)
     statuses = [(await get(http, proxy, "/v1/orders/1"))[0] for _ in range(3)]
     assert statuses == [200, 200, 429]
@@ -76,11 +77,10 @@ async def test_a_child_metric_counts_against_its_parents_limit(limited_emulator,
 
 async def test_three_replicas_admit_exactly_the_limit(upstream, make_proxy, redis_url):
     emu = Emulator(emulator_config({"hits": {"minute": 100}}))
+    clock = emu.clock = minute_start_clock()  # one clock for the three replicas and 3scale: one minute
     await emu.start()
     try:
-        if 60 - time.time() % 60 < 10:
-            await asyncio.sleep(60 - time.time() % 60 + 0.1)
-        replicas = [await make_proxy(proxy_settings(emu.url, upstream.url, redis_url)) for _ in range(3)]
+        replicas = [await make_proxy(proxy_settings(emu.url, upstream.url, redis_url), clock=clock) for _ in range(3)]
         connector = aiohttp.TCPConnector(limit=200)
         async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -94,7 +94,7 @@ async def test_three_replicas_admit_exactly_the_limit(upstream, make_proxy, redi
         assert statuses == {200: 100, 429: 50}
         for status, headers in results:
             assert headers["RateLimit-Limit"] == "100" and int(headers["RateLimit-Remaining"]) >= 0
-            assert 1 <= int(headers["RateLimit-Reset"]) <= 60
+            assert headers["RateLimit-Reset"] == "59"
             if status == 429:
                 assert headers["RateLimit-Remaining"] == "0" and headers["Retry-After"] == headers["RateLimit-Reset"]
         for proxy in replicas:
@@ -162,16 +162,21 @@ async def _only_batch(proxy) -> tuple[str]:
 
 
 async def test_a_dead_replicas_batch_is_taken_over_after_the_lease(emulator, upstream, make_proxy, http, redis_url):
-    first = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url, report={"lease": 3}))
+    clock = emulator.clock = ManualClock()
+    settings = proxy_settings(emulator.url, upstream.url, redis_url, report={"lease": 3})
+    first = await make_proxy(settings, clock=clock)
     for _ in range(4):
         assert (await get(http, first))[0] == 200
     await first.flush()
-    taken = await first.store.take_batch(SERVICE_ID, time.time(), 3, "dead-replica")  # taken, never reported
+    taken = await first.store.take_batch(SERVICE_ID, clock(), 3, "dead-replica")  # taken, never reported
     assert taken is not None and sum(taken.fields.values()) == 4
-    second = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url, report={"lease": 3}))
+    second = await make_proxy(settings, clock=clock)
     await second.report_now()
     assert reported_totals(emulator) == {}  # still leased
-    await asyncio.sleep(3.1)
+    clock.advance(2.9)
+    await second.report_now()
+    assert reported_totals(emulator) == {}  # still leased, just before its end
+    clock.advance(0.2)  # past the lease
     await second.report_now()
     assert reported_totals(emulator) == {"hits": 4}
 
@@ -206,11 +211,10 @@ async def test_redis_outage_keeps_usage_in_memory_then_delivers_it_once(tmp_path
         redis.kill()
         for _ in range(20):
             assert (await get(http, proxy))[0] == 200
-        await asyncio.sleep(0.3)  # flush attempts fail while Redis is down
-        assert proxy.usage.in_memory() >= 1
+        assert await proxy.flush() is False  # a flush fails while Redis is down
+        assert proxy.usage.in_memory() >= 1  # and the usage stays in memory
         redis.start()
-        await asyncio.sleep(1.2)  # breaker reopens, the flush loop delivers
-        assert proxy.usage.in_memory() == 0
+        await eventually(lambda: proxy.usage.in_memory() == 0, what="the flush loop delivering the usage in memory")
         await proxy.report_now()
         assert reported_totals(emulator) == {"hits": 21}
     finally:
@@ -230,7 +234,7 @@ async def test_report_goes_straight_to_3scale_from_memory_when_redis_is_down_at_
         redis.kill()  # before any usage reached it: all of it is in this process's memory
         for _ in range(6):
             assert (await get(http, proxy))[0] == 200
-        await asyncio.sleep(0.2)
+        assert await proxy.flush() is False  # Redis is down: the usage cannot leave this process's memory
         assert proxy.usage.in_memory() >= 1
     finally:
         await proxy.stop()
@@ -240,12 +244,11 @@ async def test_report_goes_straight_to_3scale_from_memory_when_redis_is_down_at_
 
 async def test_a_slice_held_by_an_idle_replica_is_not_lost(upstream, make_proxy, http, redis_url):
     emu = Emulator(emulator_config({"hits": {"minute": 20}}))
+    clock = emu.clock = minute_start_clock()
     await emu.start()
     try:
-        if 60 - time.time() % 60 < 10:
-            await asyncio.sleep(60 - time.time() % 60 + 0.1)
-        a = await make_proxy(proxy_settings(emu.url, upstream.url, redis_url))
-        b = await make_proxy(proxy_settings(emu.url, upstream.url, redis_url))
+        a = await make_proxy(proxy_settings(emu.url, upstream.url, redis_url), clock=clock)
+        b = await make_proxy(proxy_settings(emu.url, upstream.url, redis_url), clock=clock)
         assert (await get(http, a))[0] == 200  # A reserves a slice (1 + 19 // 8) and keeps the rest unused
         statuses = Counter([(await get(http, b))[0] for _ in range(25)])
         assert statuses == {200: 19, 429: 6}  # B still gets all that A did not use: 20 in total
