@@ -21,7 +21,7 @@ from yarl import URL
 
 from proxy.emulator import Emulator, RecordedCall
 from proxy.emulator.state import Counters, Usage
-from tests.support import reported_totals
+from tests.support import eventually, reported_totals
 
 SID = "2555417777820"
 TOKEN = "svc-token"
@@ -898,10 +898,10 @@ async def test_control_api_refuse_for_a_while_comes_back_by_itself():
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{url}/_emulator/state", json={"down": "refuse", "for": 0.3}) as response:
                 assert await response.json() == {"down": "refuse", "delay": 0.0}
-            await asyncio.sleep(0.15)
+            await eventually(lambda: emulator.down == "refuse", what="the emulator going down after its answer")
             with pytest.raises(aiohttp.ClientConnectorError):
                 await session.get(f"{url}/status")
-            await asyncio.sleep(0.4)
+            await eventually(lambda: emulator.down is None, what="the emulator coming back after 0.3 s")
             async with session.get(f"{url}/status") as response:
                 assert response.status == 200
     finally:
