@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.support import KEY, SERVICE_ID, TOKEN, free_port
+from tests.support import KEY, SERVICE_ID, TOKEN, free_port, wait_ready
 
 PYTHON = sys.executable
 MB = 1024 * 1024
@@ -40,20 +40,6 @@ def wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 20
         if re.search(pattern, line):
             return line.rstrip("\n"), seen
     raise AssertionError(f"no line matching {pattern!r}; got:\n" + "\n".join(seen))
-
-
-def wait_ready(metrics_port: int, timeout: float = 20) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("proxy did not become ready")
 
 
 def vm_hwm_kib(pid: int) -> int:
@@ -139,7 +125,7 @@ async def served(tmp_path, emulator, upstream) -> AsyncIterator[tuple[subprocess
         [PYTHON, "-m", "proxy", "serve", "--config", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        await asyncio.to_thread(wait_ready, metrics_port)
+        await wait_ready(f"http://127.0.0.1:{metrics_port}", 20, alive=lambda: proc.poll() is None, what="serve")
         yield proc, port, metrics_port
     finally:
         if proc.poll() is None:
