@@ -5,7 +5,8 @@ slice of the free headroom atomically (need + free/divisor) and spends it locall
 costs no Redis call; near the limit the slices shrink to one request's need. Used units are settled and idle
 or near-limit slices given back every flush, and a denial while other replicas hold slices waits one flush
 and asks again, so exactly `max` requests pass. 3scale's answers seed each window and raise it when 3scale
-has seen more (other gateways).
+has seen more (other gateways). A reservation runs in a task the limiter owns, so a request that goes away
+mid-call never loses a slice Redis has granted; `close()` makes the final settlement give every slice back.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Limiter:
         self._ledger = Ledger(divisor)
         self._unsent: list[tuple[str, str, list[Settlement]]] = []  # (service, flush id, settlements)
         self._reserving: dict[str, asyncio.Future[None]] = {}
+        self._reservations: set[asyncio.Task[tuple[int, bool] | None]] = set()
+        self._closing = False
         self._plans: LRU[tuple[str, AppCredentials], _Plan] = LRU(MAX_PLANS)
         self._settling = asyncio.Lock()
 
@@ -98,7 +101,7 @@ class Limiter:
                 await asyncio.wait(list(busy.values()))
                 continue
             try:
-                outcome = await self._reserve_once(claims)
+                outcome = await self._reserve_owned(claims)
             except StoreUnavailable:
                 return self._check_alone(claims, now)
             if outcome is None:
@@ -109,18 +112,35 @@ class Limiter:
                 continue
             return self._deny(claims[denied], now)
 
-    async def _reserve_once(self, claims: list[Claim]) -> tuple[int, bool] | None:
-        """_reserve, with the windows marked busy so concurrent requests here wait instead of reserving too."""
+    async def _reserve_owned(self, claims: list[Claim]) -> tuple[int, bool] | None:
+        """_reserve in a task this limiter owns, shielded from the request: a client that goes away while
+        Redis reserves its slice must not lose the grant (it would stay reserved until the window ends).
+
+        The windows are marked busy at once, so concurrent requests here wait and share the slice."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for c in claims:
             self._reserving[c.key] = done
-        try:
-            return await self._reserve(claims)
-        finally:
-            for c in claims:
-                if self._reserving.get(c.key) is done:
-                    del self._reserving[c.key]
-            done.set_result(None)
+        task = asyncio.create_task(self._reserve(claims))
+        self._reservations.add(task)
+        task.add_done_callback(lambda t: self._reserved(t, claims, done))
+        return await asyncio.shield(task)
+
+    def _reserved(
+        self, task: asyncio.Task[tuple[int, bool] | None], claims: list[Claim], done: asyncio.Future[None]
+    ) -> None:
+        """However the reservation ended: the windows are free again and the requests waiting on them go on."""
+        self._reservations.discard(task)
+        for c in claims:
+            if self._reserving.get(c.key) is done:
+                del self._reserving[c.key]
+        done.set_result(None)
+
+    async def close(self) -> None:
+        """At shutdown, after the last request: wait for reservations in flight (their grants are booked),
+        and make every later settle() give all held slices back, so none stays reserved past this process."""
+        self._closing = True
+        if self._reservations:
+            await asyncio.gather(*list(self._reservations), return_exceptions=True)
 
     def _claims(
         self,
@@ -193,7 +213,7 @@ class Limiter:
             await self._settle()
 
     async def _settle(self) -> None:
-        for service_id, settlements in self._ledger.settle(self._clock()).items():
+        for service_id, settlements in self._ledger.settle(self._clock(), release_all=self._closing).items():
             self._unsent.append((service_id, uuid.uuid4().hex, settlements))
         while self._unsent:
             service_id, flush_id, settlements = self._unsent[0]
