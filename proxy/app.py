@@ -22,7 +22,7 @@ from .background import Periodic
 from .clock import Clock, system_clock
 from .components import build
 from .config import Settings, parse_listen
-from .reporter import ReportFailed
+from .reporting import ReportFailed
 from .store import StoreUnavailable
 from .transport import Transport
 
@@ -146,7 +146,7 @@ class ProxyServer:
 
     async def _report_step(self) -> None:
         try:
-            await self.reporter.report_all()
+            await self.reporter.report_all()  # a failing service backs off on its own; the loop goes on
         finally:
             with contextlib.suppress(StoreUnavailable):
                 await self.reporter.update_pending_gauge()
@@ -158,18 +158,26 @@ class ProxyServer:
         """Flush and report everything pending (tests, and the last step of a shutdown)."""
         if await self.flush():
             try:
-                await self.reporter.report_all()
+                failures = await self.reporter.report_all(force=True)
             finally:
                 with contextlib.suppress(StoreUnavailable):
                     await self.reporter.update_pending_gauge()
+            if failures:
+                raise ReportFailed("; ".join(str(f) for f in failures), failures[0].result)
             return
+        failed = []
         for service_id, fields in self.usage.take_unsent():  # Redis is down: straight to 3scale from memory
             service = next(s for s in self.settings.services if s.id == service_id)
 
             async def forget(_: list[str]) -> None:
                 return None
 
-            await self.reporter.send_fields(service, fields, forget)
+            try:
+                await self.reporter.send_fields(service, fields, forget)
+            except ReportFailed as exc:  # one tenant's failure must not keep the others' usage from 3scale
+                failed.append(exc)
+        if failed:
+            raise ReportFailed("; ".join(str(f) for f in failed), failed[0].result)
 
     async def stop(self, drain_delay: float | None = None) -> None:
         """Readiness false, keep accepting for `drain_delay`, finish in-flight requests, flush, report, close.

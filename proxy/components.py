@@ -6,18 +6,20 @@ One clock is injected into every part that reads the time, so tests can move tim
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from .authorizer import Authorizer
 from .clock import Clock, system_clock
-from .config import Settings
+from .config import ServiceSettings, Settings
 from .health import Health
 from .limits import Limiter
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .reporter import Reporter
-from .store import Store, open_store
+from .reporting import Reporter
+from .store import Store, StoreUnavailable, open_store
 from .threescale.client import ThreescaleClient
+from .threescale.models import AppCredentials, AuthStatus
 from .transport import AiohttpTransport, Transport
 from .usage import UsageRecorder
 
@@ -43,7 +45,7 @@ class Components:
 def build(settings: Settings, *, clock: Clock = system_clock, transport: Transport | None = None) -> Components:
     """Construct and wire the parts; opens no connection yet (clients connect lazily)."""
     metrics = Metrics()
-    store = open_store(settings.redis_url, clock=clock)
+    store = open_store(settings.redis_url, clock=clock, max_connections=settings.redis_max_connections)
     usage = UsageRecorder(store, metrics, settings.report.max_pending_memory)
     client = ThreescaleClient(
         settings.threescale.backend_url,
@@ -52,14 +54,20 @@ def build(settings: Settings, *, clock: Clock = system_clock, transport: Transpo
     )
     authorizer = Authorizer(client, store, settings.cache, metrics, clock=clock)
     limiter = Limiter(store, metrics, settings.report.flush_to_redis_ms / 1000, clock=clock)
+
+    async def fresh_answer(service: ServiceSettings, credentials: AppCredentials, status: AuthStatus) -> None:
+        """A report's re-authorization doubles as a sync: cached decision and limit windows take its values."""
+        authorizer.remember_status(service, credentials, status)
+        with contextlib.suppress(StoreUnavailable):
+            await limiter.sync(service.id, credentials, status.usage_reports)
+
     reporter = Reporter(
         store,
         client,
         settings.services,
         settings.report,
         metrics,
-        limiter,
-        authorizer,
+        on_status=fresh_answer,
         in_memory=usage.in_memory,
         clock=clock,
     )

@@ -65,8 +65,8 @@ class Metrics:
         )
         self.reports = Counter(
             "threescale_proxy_reports",
-            "Batch reports to 3scale by result.",
-            ["result"],
+            "Batch reports to 3scale by service and result (each service fails and backs off on its own).",
+            ["service", "result"],
             registry=r,
         )
         self.report_batch_size = Histogram(

@@ -221,12 +221,27 @@ def proxy_settings(backend_url: str, upstream_url: str, redis_url: str = "memory
     return settings_from_dict(raw, source="<test>", env={})
 
 
-def reported_totals(emulator: Any, app: str | None = None) -> dict[str, int]:
+def reported_totals(emulator: Any, app: str | None = None, *, service_id: str | None = None) -> dict[str, int]:
     """Sum of the usage 3scale (the emulator) accepted in reports, per metric: what really reached 3scale.
 
     The emulator's running totals, exact however many transactions its bounded `reported` log dropped."""
-    totals: dict[str, int] = emulator.reported_totals(app)
+    totals: dict[str, int] = emulator.reported_totals(app, service_id=service_id)
     return totals
+
+
+def metric_value(text: str, sample: str, **labels: str) -> float | None:
+    """The value of the one sample named `sample` whose labels include `labels`, from Prometheus text; None
+    when there is none (so a test can say "never counted")."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == sample and labels.items() <= s.labels.items()
+    ]
+    assert len(found) <= 1, f"{len(found)} samples of {sample} match {labels}"
+    return found[0] if found else None
 
 
 # ------------------------------------------------------------------------------------------------ waiting on events

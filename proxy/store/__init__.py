@@ -21,7 +21,7 @@ from .base import (
     usage_field,
 )
 from .memory import MemoryStore
-from .redis import RedisStore
+from .redis import DEFAULT_MAX_CONNECTIONS, RedisStore
 
 __all__ = [
     "Batch",
@@ -42,11 +42,13 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, clock: Callable[[], float] = time.time) -> MemoryStore | RedisStore:
+def open_store(
+    url: str, *, clock: Callable[[], float] = time.time, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> MemoryStore | RedisStore:
     """A store for `memory://`, `redis://`, `rediss://` (TLS, e.g. ElastiCache) or `unix://`.
 
     `clock` times memory:// expiry; Redis expires keys by its own clock (its breaker keeps the monotonic one).
     """
     if urlsplit(url).scheme == "memory":
         return MemoryStore(clock=clock)
-    return RedisStore(url)
+    return RedisStore(url, max_connections=max_connections)

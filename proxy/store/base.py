@@ -14,6 +14,7 @@ from ..threescale.models import AppCredentials
 KEY_PREFIX = "tsp"
 DEAD_LETTER_MAX = 1000
 DEDUP_TTL = 900  # seconds a flush id is remembered, so a flush retried after an unknown outcome applies once
+MAX_BATCH_FIELDS = 500  # usage fields one batch takes from the pending buffer when the caller names no bound
 
 
 class StoreUnavailable(Exception):
@@ -51,6 +52,11 @@ def batches_key(service_id: str) -> str:
     return _key(service_id, "batches")
 
 
+def owners_key(service_id: str) -> str:
+    """Hash of in-flight batch id → the owner token of the replica holding its lease."""
+    return _key(service_id, "owners")
+
+
 def batch_key(service_id: str, batch_id: str) -> str:
     """Hash of one in-flight batch (same fields as pending)."""
     return _key(service_id, "batch", batch_id)
@@ -85,10 +91,14 @@ def parse_usage_field(field: str) -> tuple[int, str, str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """An in-flight batch taken for reporting: its id and `field → delta`."""
+    """An in-flight batch taken for reporting: its id, `field → delta`, and the owner token of the lease.
+
+    Only the owner may renew or ack it; a takeover after the lease ended gives it a new owner.
+    """
 
     id: str
     fields: dict[str, int]
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,15 +155,28 @@ class Store(Protocol):
         """Add deltas to the pending usage, once per flush_id (a retry of the same flush is a no-op)."""
         ...
 
-    async def take_batch(self, service_id: str, now: float, lease: float, new_id: str) -> Batch | None:
-        """A batch whose lease expired (a dead replica's), else all pending usage as a new batch, else None."""
+    async def take_batch(
+        self,
+        service_id: str,
+        now: float,
+        lease: float,
+        new_id: str,
+        *,
+        owner: str | None = None,
+        max_fields: int = MAX_BATCH_FIELDS,
+    ) -> Batch | None:
+        """A batch whose lease expired (a dead replica's), else up to `max_fields` pending fields as a new
+        batch, else None. Either way the lease runs to `now + lease` and belongs to `owner` (default new_id)."""
         ...
 
-    async def ack(self, service_id: str, batch_id: str, fields: list[str]) -> None:
-        """Forget fields 3scale accepted; the batch is gone once empty."""
+    async def ack(self, service_id: str, batch_id: str, owner: str, fields: list[str]) -> bool:
+        """Forget fields 3scale accepted (the batch is gone once empty); False, and nothing forgotten, when
+        `owner` no longer holds the lease (another replica took the batch over)."""
         ...
 
-    async def renew(self, service_id: str, batch_id: str, until: float) -> None: ...
+    async def renew(self, service_id: str, batch_id: str, owner: str, until: float) -> bool:
+        """Move the lease end to `until` if `owner` still holds it; False when it does not (or it is gone)."""
+        ...
 
     async def dead_letter(self, service_id: str, entries: list[str]) -> None: ...
 

@@ -4,21 +4,42 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from .base import DEAD_LETTER_MAX, Batch, LimitClaim, Reservation, Settlement
+from .base import DEAD_LETTER_MAX, MAX_BATCH_FIELDS, Batch, LimitClaim, Reservation, Settlement
+
+SWEEP_EVERY = 1024  # writes between two sweeps of expired entries (the cost stays O(1) per write on average)
+
+
+@dataclass(slots=True)
+class _Leased:
+    until: float
+    fields: dict[str, int]
+    owner: str
+
+
+@dataclass(slots=True)
+class _Counter:
+    used: int
+    reserved: int
+    expires: float
 
 
 class MemoryStore:
-    """Same semantics as RedisStore (dedup, leases, all-or-nothing reservations), in dicts."""
+    """Same semantics as RedisStore (dedup, leases, all-or-nothing reservations, expiry), in dicts."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._data: dict[str, tuple[bytes, float]] = {}
         self._clock = clock
         self._writes = 0
         self._pending: dict[str, dict[str, int]] = {}
-        self._batches: dict[str, dict[str, tuple[float, dict[str, int]]]] = {}
+        self._batches: dict[str, dict[str, _Leased]] = {}
         self._dead: dict[str, list[str]] = {}
-        self._limits: dict[str, list[int]] = {}  # key → [used, reserved]
+        self._limits: dict[str, _Counter] = {}  # expire like Redis keys, or a long-running process only grows
+
+    def __len__(self) -> int:
+        """Entries held (cached values and limit counters): what memory grows with."""
+        return len(self._data) + len(self._limits)
 
     @property
     def available(self) -> bool:
@@ -39,11 +60,32 @@ class MemoryStore:
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self._data[key] = (value, self._clock() + ttl)
+        self._wrote()
+
+    def _wrote(self) -> None:
         self._writes += 1
-        if self._writes % 1024 == 0:
-            now = self._clock()
-            for k in [k for k, (_, exp) in self._data.items() if exp <= now]:
-                del self._data[k]
+        if self._writes % SWEEP_EVERY == 0:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Drop every expired value and limit counter (Redis does this by itself)."""
+        now = self._clock()
+        for k in [k for k, (_, exp) in self._data.items() if exp <= now]:
+            del self._data[k]
+        for k in [k for k, c in self._limits.items() if c.expires <= now]:
+            del self._limits[k]
+
+    def _counter(self, key: str, base: int, ttl: int, *, refresh: bool) -> _Counter:
+        """The live counter at `key`, created from `base` when missing or expired; `refresh` restarts its TTL
+        (as the Redis scripts do: a reservation sets it on creation only, a settlement every time)."""
+        now = self._clock()
+        counter = self._limits.get(key)
+        if counter is None or counter.expires <= now:
+            counter = self._limits[key] = _Counter(base, 0, now + ttl)
+            self._wrote()
+        elif refresh:
+            counter.expires = now + ttl
+        return counter
 
     async def add_usage(self, service_id: str, flush_id: str, fields: dict[str, int]) -> None:
         # In-process calls always complete, so unlike Redis no flush id needs remembering.
@@ -51,32 +93,51 @@ class MemoryStore:
         for field, delta in fields.items():
             pending[field] = pending.get(field, 0) + delta
 
-    async def take_batch(self, service_id: str, now: float, lease: float, new_id: str) -> Batch | None:
+    async def take_batch(
+        self,
+        service_id: str,
+        now: float,
+        lease: float,
+        new_id: str,
+        *,
+        owner: str | None = None,
+        max_fields: int = MAX_BATCH_FIELDS,
+    ) -> Batch | None:
+        owner = owner or new_id
         batches = self._batches.setdefault(service_id, {})
-        for batch_id, (until, fields) in batches.items():
-            if until <= now:
-                batches[batch_id] = (now + lease, fields)
-                return Batch(batch_id, dict(fields))
-        pending = self._pending.pop(service_id, None)
+        for batch_id, leased in batches.items():
+            if leased.until <= now:
+                leased.until, leased.owner = now + lease, owner
+                return Batch(batch_id, dict(leased.fields), owner)
+        pending = self._pending.get(service_id)
         if not pending:
             return None
-        batches[new_id] = (now + lease, pending)
-        return Batch(new_id, dict(pending))
+        if len(pending) <= max_fields:
+            taken = self._pending.pop(service_id)
+        else:
+            taken = {}
+            for field in list(pending)[: max(1, max_fields)]:
+                taken[field] = pending.pop(field)
+        batches[new_id] = _Leased(now + lease, taken, owner)
+        return Batch(new_id, dict(taken), owner)
 
-    async def ack(self, service_id: str, batch_id: str, fields: list[str]) -> None:
+    async def ack(self, service_id: str, batch_id: str, owner: str, fields: list[str]) -> bool:
         batches = self._batches.get(service_id, {})
-        entry = batches.get(batch_id)
-        if entry is None:
-            return
+        leased = batches.get(batch_id)
+        if leased is None or leased.owner != owner:
+            return False
         for field in fields:
-            entry[1].pop(field, None)
-        if not entry[1]:
+            leased.fields.pop(field, None)
+        if not leased.fields:
             del batches[batch_id]
+        return True
 
-    async def renew(self, service_id: str, batch_id: str, until: float) -> None:
-        batches = self._batches.get(service_id, {})
-        if batch_id in batches:
-            batches[batch_id] = (until, batches[batch_id][1])
+    async def renew(self, service_id: str, batch_id: str, owner: str, until: float) -> bool:
+        leased = self._batches.get(service_id, {}).get(batch_id)
+        if leased is None or leased.owner != owner:
+            return False
+        leased.until = until
+        return True
 
     async def dead_letter(self, service_id: str, entries: list[str]) -> None:
         dead = self._dead.setdefault(service_id, [])
@@ -87,38 +148,48 @@ class MemoryStore:
         return list(self._dead.get(service_id, []))
 
     async def pending_size(self, service_id: str) -> int:
-        in_flight = sum(len(f) for _, f in self._batches.get(service_id, {}).values())
+        in_flight = sum(len(leased.fields) for leased in self._batches.get(service_id, {}).values())
         return len(self._pending.get(service_id, {})) + in_flight
 
     async def reserve(self, claims: list[LimitClaim], divisor: int) -> Reservation:
         free: list[int] = []
+        counters: list[_Counter] = []
         for i, claim in enumerate(claims):
-            counter = self._limits.setdefault(claim.key, [claim.base, 0])
-            available = claim.max - counter[0] - counter[1]
+            counter = self._counter(claim.key, claim.base, claim.ttl, refresh=False)
+            available = claim.max - counter.used - counter.reserved
             if available < claim.need:
-                return Reservation(denied=i, used=counter[0], reserved=counter[1])
+                return Reservation(denied=i, used=counter.used, reserved=counter.reserved)
             free.append(available)
+            counters.append(counter)
         granted, after = [], []
-        for claim, available in zip(claims, free, strict=True):
+        for claim, counter, available in zip(claims, counters, free, strict=True):
             grant = claim.need + (available - claim.need) // divisor
-            self._limits[claim.key][1] += grant
+            counter.reserved += grant
             granted.append(grant)
             after.append(available - grant)
         return Reservation(granted=tuple(granted), free_after=tuple(after))
 
     async def settle(self, service_id: str, flush_id: str, settlements: list[Settlement]) -> None:
         for s in settlements:
-            counter = self._limits.setdefault(s.key, [0, 0])
-            counter[0] += s.used + s.extra
-            counter[1] = max(0, counter[1] - s.used - s.release)
+            counter = self._counter(s.key, 0, s.ttl, refresh=True)
+            counter.used += s.used + s.extra
+            counter.reserved = max(0, counter.reserved - s.used - s.release)
 
     async def raise_used(self, items: list[tuple[str, int, int]]) -> None:
-        for key, value, _ttl in items:
-            counter = self._limits.setdefault(key, [value, 0])
-            counter[0] = max(counter[0], value)
+        for key, value, ttl in items:
+            counter = self._counter(key, value, ttl, refresh=True)
+            counter.used = max(counter.used, value)
+
+    def limit_counter(self, key: str) -> tuple[int, int] | None:
+        """(used, reserved) of a live limit counter (tests and diagnostics)."""
+        counter = self._limits.get(key)
+        if counter is None or counter.expires <= self._clock():
+            return None
+        return counter.used, counter.reserved
 
     async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
         self._data.clear()
+        self._limits.clear()

@@ -5,6 +5,7 @@ Every multi-key operation is one script on keys of one service, so it is atomic 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from redis.exceptions import RedisError
 from .base import (
     DEAD_LETTER_MAX,
     DEDUP_TTL,
+    MAX_BATCH_FIELDS,
     Batch,
     LimitClaim,
     Reservation,
@@ -24,8 +26,11 @@ from .base import (
     batches_key,
     dead_letter_key,
     done_key,
+    owners_key,
     pending_key,
 )
+
+DEFAULT_MAX_CONNECTIONS = 64  # one event loop rarely has more Redis calls in flight; see redis_max_connections
 
 # KEYS: pending, done-marker. ARGV: dedup ttl, then field/delta pairs.
 ADD_USAGE = """
@@ -34,24 +39,61 @@ for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
-# KEYS: pending, batches zset, the new batch's hash. ARGV: now, lease end, new id.
-# Returns the id of an expired batch (taken over) or of the new batch, or false when there is nothing.
+# KEYS: pending, batches zset, the new batch's hash, owners hash. ARGV: now, lease end, new id, owner, max fields.
+# Returns the id of an expired batch (taken over, now the owner's) or of a new batch of at most `max fields`
+# pending fields, or false when there is nothing. A small pending hash is renamed; a large one is split, so a
+# backlog never becomes one batch that no replica can verify and report within its lease.
 TAKE_BATCH = """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1)
 if #expired > 0 then
   redis.call('ZADD', KEYS[2], ARGV[2], expired[1])
+  redis.call('HSET', KEYS[4], expired[1], ARGV[4])
   return expired[1]
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-redis.call('RENAME', KEYS[1], KEYS[3])
+local size = redis.call('HLEN', KEYS[1])
+if size == 0 then return false end
+local max = tonumber(ARGV[5])
+if size <= max then
+  redis.call('RENAME', KEYS[1], KEYS[3])
+else
+  local taken, cursor = {}, '0'
+  repeat
+    local page = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', max)
+    cursor = page[1]
+    for i = 1, #page[2], 2 do
+      if #taken < 2 * max then
+        taken[#taken + 1] = page[2][i]
+        taken[#taken + 1] = page[2][i + 1]
+      end
+    end
+  until cursor == '0' or #taken >= 2 * max
+  for i = 1, #taken, 2 do
+    redis.call('HSET', KEYS[3], taken[i], taken[i + 1])
+    redis.call('HDEL', KEYS[1], taken[i])
+  end
+end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
 return ARGV[3]
 """
 
-# KEYS: batch hash, batches zset. ARGV: batch id, fields to delete.
+# KEYS: batch hash, batches zset, owners hash. ARGV: batch id, owner, fields to delete.
+# Only the lease's owner may forget fields: 0 (nothing done) once another replica has taken the batch over.
 ACK = """
-for i = 2, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) end
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
+for i = 3, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: batches zset, owners hash. ARGV: batch id, owner, lease end. 0 when the owner no longer holds it.
+RENEW = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
 
@@ -113,6 +155,11 @@ return 1
 """
 
 
+def _text(value: Any) -> str:
+    """A reply element as text (the client answers bytes; redis-py types it as any reply shape)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisStore:
     """The Store on Redis; every failure becomes StoreUnavailable and opens the breaker for `retry_after`."""
 
@@ -122,6 +169,7 @@ class RedisStore:
         *,
         timeout: float = 0.5,
         retry_after: float = 1.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = aioredis.from_url(
@@ -130,7 +178,12 @@ class RedisStore:
             socket_connect_timeout=timeout,
             health_check_interval=30,
             retry_on_timeout=False,
+            max_connections=max_connections + 1,  # one more for ping(), which must not wait behind requests
         )
+        # Bounds the pool: a burst waits for a free connection (up to `timeout`) instead of opening thousands;
+        # a wait that runs out is StoreUnavailable for that call only, without opening the breaker.
+        self._slots = asyncio.Semaphore(max_connections)
+        self._timeout = timeout
         self._retry_after = retry_after
         self._clock = clock
         self._down_until = 0.0
@@ -141,6 +194,7 @@ class RedisStore:
                 "add_usage": ADD_USAGE,
                 "take_batch": TAKE_BATCH,
                 "ack": ACK,
+                "renew": RENEW,
                 "reserve": RESERVE,
                 "settle": SETTLE,
                 "raise_used": RAISE_USED,
@@ -164,12 +218,22 @@ class RedisStore:
         """Run one Redis operation through the breaker."""
         if not self._available and self._clock() < self._down_until:
             raise StoreUnavailable("redis is down (circuit open)")
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise StoreUnavailable("redis: every pooled connection is busy") from None
+        else:
+            await self._slots.acquire()
         try:
             result = await op()
         except (RedisError, OSError) as exc:
             self._available = False
             self._down_until = self._clock() + self._retry_after
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from None
+        finally:
+            self._slots.release()
         self._available = True
         return result
 
@@ -188,21 +252,37 @@ class RedisStore:
             args += [field, delta]
         await self._script("add_usage", [pending_key(service_id), done_key(service_id, flush_id)], args)
 
-    async def take_batch(self, service_id: str, now: float, lease: float, new_id: str) -> Batch | None:
-        keys = [pending_key(service_id), batches_key(service_id), batch_key(service_id, new_id)]
-        taken = await self._script("take_batch", keys, [now, now + lease, new_id])
+    async def take_batch(
+        self,
+        service_id: str,
+        now: float,
+        lease: float,
+        new_id: str,
+        *,
+        owner: str | None = None,
+        max_fields: int = MAX_BATCH_FIELDS,
+    ) -> Batch | None:
+        owner = owner or new_id
+        keys = [
+            pending_key(service_id),
+            batches_key(service_id),
+            batch_key(service_id, new_id),
+            owners_key(service_id),
+        ]
+        taken = await self._script("take_batch", keys, [now, now + lease, new_id, owner, max(1, max_fields)])
         if not taken:
             return None
         batch_id = taken.decode() if isinstance(taken, bytes) else str(taken)
         raw = await self._call(lambda: self._redis.hgetall(batch_key(service_id, batch_id)))
-        return Batch(batch_id, {k.decode(): int(v) for k, v in raw.items()})
+        return Batch(batch_id, {k.decode(): int(v) for k, v in raw.items()}, owner)
 
-    async def ack(self, service_id: str, batch_id: str, fields: list[str]) -> None:
-        keys = [batch_key(service_id, batch_id), batches_key(service_id)]
-        await self._script("ack", keys, [batch_id, *fields])
+    async def ack(self, service_id: str, batch_id: str, owner: str, fields: list[str]) -> bool:
+        keys = [batch_key(service_id, batch_id), batches_key(service_id), owners_key(service_id)]
+        return bool(await self._script("ack", keys, [batch_id, owner, *fields]))
 
-    async def renew(self, service_id: str, batch_id: str, until: float) -> None:
-        await self._call(lambda: self._redis.zadd(batches_key(service_id), {batch_id: until}, xx=True))
+    async def renew(self, service_id: str, batch_id: str, owner: str, until: float) -> bool:
+        keys = [batches_key(service_id), owners_key(service_id)]
+        return bool(await self._script("renew", keys, [batch_id, owner, until]))
 
     async def dead_letter(self, service_id: str, entries: list[str]) -> None:
         key = dead_letter_key(service_id)
@@ -226,7 +306,7 @@ class RedisStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hlen(pending_key(service_id))
                 for batch_id in ids:
-                    pipe.hlen(batch_key(service_id, batch_id.decode()))
+                    pipe.hlen(batch_key(service_id, _text(batch_id)))
                 return sum(await pipe.execute())
 
         return await self._call(count)  # type: ignore[no-any-return]

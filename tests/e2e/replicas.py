@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +25,7 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import support
 from tests.support import SERVICE_ID, TOKEN, free_port
 
 PYTHON = sys.executable
@@ -57,7 +58,7 @@ def proxy_config(backend_url: str, upstream_url: str, redis_url: str, **sections
             "interval": 0.5,
             "flush_to_redis_ms": 100,
             "max_batch": 250,
-            "lease": 3,  # must exceed 2 x threescale.timeout
+            "lease": 3,  # must exceed threescale.timeout + 1 s
             "max_pending_memory": 100_000,
             "backoff_max": 1,
         },
@@ -140,19 +141,11 @@ class Replica:
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll /readyz until 200; fail with the process's output if it exits or never gets ready."""
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-            while time.monotonic() < deadline:
-                if not self.running:
-                    raise AssertionError(f"{self.name} exited with {self.proc and self.proc.poll()}\n{self.tail()}")
-                try:
-                    async with session.get(f"{self.admin_url}/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.name} was not ready within {timeout}s\n{self.tail()}")
+        try:
+            await support.wait_ready(self.admin_url, timeout, alive=lambda: self.running, what=self.name)
+        except AssertionError as exc:
+            code = self.proc and self.proc.poll()
+            raise AssertionError(f"{exc} (exit code {code})\n{self.tail()}") from None
 
     def sigterm(self) -> float:
         """Send SIGTERM; returns the monotonic time it was sent (the start of the drain)."""
@@ -277,15 +270,3 @@ def metric_samples(text: str, sample_name: str) -> list[tuple[dict[str, str], fl
         for sample in family.samples
         if sample.name == sample_name
     ]
-
-
-async def wait_until(check: Callable[[], bool | Awaitable[bool]], timeout: float, step: float = 0.1) -> bool:
-    """Poll `check` until it is true or `timeout` passes; the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result or time.monotonic() >= deadline:
-            return result
-        await asyncio.sleep(step)

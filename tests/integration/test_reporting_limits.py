@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from proxy.emulator import Emulator
-from proxy.reporter import ReportFailed
+from proxy.reporting import ReportFailed
 from tests.support import (
     KEY,
     OTHER_KEY,
@@ -21,6 +21,7 @@ from tests.support import (
     emulator_config,
     eventually,
     free_port,
+    metric_value,
     minute_start_clock,
     proxy_settings,
     reported_totals,
@@ -125,7 +126,7 @@ async def test_deleted_application_is_dead_lettered_and_the_rest_reported(upstre
         assert [(d["reason"], d["usage"]) for d in dead] == [("user_key_invalid", {"hits": 2, "orders": 2})]
         assert OTHER_KEY not in json.dumps(dead)  # the key is masked
         metrics = proxy.metrics.render().decode()
-        assert 'threescale_proxy_reports_total{result="dead_letter"} 1.0' in metrics
+        assert metric_value(metrics, "threescale_proxy_reports_total", service=SERVICE_ID, result="dead_letter") == 1
         assert await proxy.store.pending_size(SERVICE_ID) == 0
     finally:
         await emu.stop()
@@ -146,13 +147,16 @@ async def test_usage_counted_while_3scale_is_down_is_reported_once_after(
     assert len(emulator.calls) == calls and reported_totals(emulator) == {}
     assert proxy.metrics.usage_pending._value.get() >= 1
     await emulator.set_down(None)
-    await proxy.store.renew(SERVICE_ID, *(await _only_batch(proxy)), time.time() - 1)  # as if the lease ended
+    (batch_id,) = await _only_batch(proxy)
+    owner = (await proxy.store.client.hget(f"tsp:{{svc:{SERVICE_ID}}}:owners", batch_id)).decode()
+    await proxy.store.renew(SERVICE_ID, batch_id, owner, time.time() - 1)  # as if the lease ended
     await proxy.report_now()
     assert reported_totals(emulator) == {"hits": 10}
     assert proxy.metrics.usage_pending._value.get() == 0
     await proxy.report_now()
     assert reported_totals(emulator) == {"hits": 10}
-    assert 'threescale_proxy_reports_total{result="failed"}' in proxy.metrics.render().decode()
+    metrics = proxy.metrics.render().decode()
+    assert metric_value(metrics, "threescale_proxy_reports_total", service=SERVICE_ID, result="failed") == 1
 
 
 async def _only_batch(proxy) -> tuple[str]:

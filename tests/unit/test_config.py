@@ -128,3 +128,25 @@ def test_config_from_an_environment_variable():
     with pytest.raises(ConfigError) as err:
         load_settings("env:MISSING", env={})
     assert str(err.value) == "env:MISSING: environment variable MISSING is not set"
+
+
+def test_reporting_bounds_are_checked_and_the_lease_must_outlast_one_post():
+    ok = settings_from_dict({**MINIMAL, "threescale": {"timeout": 5}, "report": {"lease": 6.5}}, env={})
+    assert ok.report.lease == 6.5 and ok.report.batch_fields == 1000 and ok.report.verify_concurrency == 10
+    assert ok.redis_max_connections == 64
+    raw = {
+        **MINIMAL,
+        "threescale": {"timeout": 5, "pool_size": 8},
+        "report": {"lease": 6, "batch_fields": 0, "verify_concurrency": 9},
+        "redis_max_connections": 0,
+    }
+    with pytest.raises(ConfigError) as err:
+        settings_from_dict(raw, source="f.yaml", env={})
+    lines = set(str(err.value).splitlines())
+    assert (
+        "f.yaml: report.lease: must be more than threescale.timeout + 1 s (one POST and two Redis calls), "
+        "or another replica may take over a batch whose POST is still in flight"
+    ) in lines
+    assert "f.yaml: report.batch_fields: must be at least 1" in lines
+    assert "f.yaml: report.verify_concurrency: must not exceed threescale.pool_size" in lines
+    assert "f.yaml: redis_max_connections: must be at least 1" in lines
