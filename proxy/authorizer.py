@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from .config import CacheSettings, ServiceSettings
 from .decisions import BACKEND_UNAVAILABLE, SERVICE_CONFIG_CODES, AuthDecision
+from .lru import SplitLRU
 from .metrics import Metrics, observe_backend
 from .redact import scrub_reason
 from .store import Store, StoreUnavailable, auth_key, credentials_digest
@@ -63,7 +63,9 @@ class Authorizer:
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
-        self._local: OrderedDict[LocalKey, _LocalEntry] = OrderedDict()
+        negative = settings.negative_entries
+        # denied keys in a segment of their own: a flood of bad keys only ever evicts other bad keys
+        self._local: SplitLRU[LocalKey, _LocalEntry] = SplitLRU(max(1, settings.local_max_entries - negative), negative)
         self._inflight: dict[LocalKey, asyncio.Task[AuthResult]] = {}
         self._refreshing: dict[LocalKey, asyncio.Task[None]] = {}
 
@@ -202,10 +204,8 @@ class Authorizer:
     # ---------------------------------------------------------------------------------------- storage
 
     def _remember(self, local_key: LocalKey, decision: AuthDecision, now: float) -> None:
-        self._local[local_key] = _LocalEntry(decision, now + self._settings.local_ttl)
-        self._local.move_to_end(local_key)
-        while len(self._local) > self._settings.local_max_entries:
-            self._local.popitem(last=False)
+        entry = _LocalEntry(decision, now + self._settings.local_ttl)
+        self._local.put(local_key, entry, negative=not decision.allowed)
 
     async def _read_shared(self, service: ServiceSettings, key: str) -> AuthDecision | None:
         try:
@@ -241,7 +241,7 @@ class Authorizer:
         digest = credentials_digest(service.id, local_key[1])
         shared = await self._read_shared(service, auth_key(service.id, digest))
         now = self._clock()
-        current = self._local.get(local_key)
+        current = self._local.peek(local_key)  # a background re-read must not keep an entry alive
         if shared is None or current is None or now >= shared.fresh_until:
             return
         if shared.fresh_until >= current.decision.fresh_until:

@@ -130,3 +130,57 @@ async def test_concurrent_flushes_send_each_entry_once():
         await asyncio.gather(recorder.flush(), recorder.flush(), recorder.flush())
     batch = await store.take_batch("s", 1.0, 30, "b")
     assert sum(batch.fields.values()) == 5 and recorder.in_memory() == 0
+
+
+# ------------------------------------------------------------------------------------ the in-process cache
+
+
+@pytest.fixture
+async def authorizer_for(emulator, redis_url):
+    """Build Authorizers against the emulator and the real redis-server, with one manual clock."""
+    from proxy.authorizer import Authorizer
+    from proxy.metrics import Metrics
+    from proxy.store import open_store
+    from proxy.threescale.client import ThreescaleClient
+    from tests.support import ManualClock, proxy_settings
+
+    clock = ManualClock()
+    made = []
+
+    def make(**cache):
+        settings = proxy_settings(emulator.url, "http://127.0.0.1:9", redis_url, cache=cache)
+        client = ThreescaleClient(emulator.url, timeout=1, pool_size=10)
+        store = open_store(redis_url)
+        authorizer = Authorizer(client, store, settings.cache, Metrics(), clock=clock)
+        made.append((authorizer, client, store))
+        return authorizer, settings.services[0], clock
+
+    yield make
+    for authorizer, client, store in made:
+        await authorizer.close()
+        await client.close()
+        await store.close()
+
+
+async def test_a_flood_of_bad_keys_leaves_the_good_keys_cached(emulator, redis_server, authorizer_for):
+    from tests.support import SERVICE_ID
+
+    authorizer, service, _ = authorizer_for(local_max_entries=20)  # the negative segment defaults to 20 // 10
+    good = [AppCredentials(user_key=f"good-key-{i:02}-0123456789") for i in range(10)]
+    for creds in good:
+        emulator.add_application(SERVICE_ID, {"user_key": creds.user_key, "plan": "basic"})
+        assert (await authorizer.authorize(service, creds)).decision.allowed
+    bad = [AppCredentials(user_key=f"random-bad-key-{i:04}") for i in range(200)]  # 10 × local_max_entries
+    for creds in bad:
+        result = await authorizer.authorize(service, creds)
+        assert (result.layer, result.decision.code) == ("backend", "user_key_invalid")
+    assert emulator.call_count("authorize") == 210
+    redis_server.flush()  # the shared layer forgets too (a restart without persistence): only L1 is left
+
+    results = [await authorizer.authorize(service, creds) for creds in good]
+    assert [(r.layer, r.decision.allowed) for r in results] == [("local", True)] * 10
+    assert emulator.call_count("authorize") == 210  # no 3scale call for a good key
+    # the bad keys share a segment of 2: the last two are still cached, the others are asked again
+    assert [(await authorizer.authorize(service, creds)).layer for creds in bad[-2:]] == ["local", "local"]
+    assert (await authorizer.authorize(service, bad[0])).layer == "backend"
+    assert emulator.call_count("authorize") == 211
