@@ -21,6 +21,7 @@ import yaml
 
 ENV_PREFIX = "PROXY_"
 SECRET_KEYS = frozenset({"token", "password", "secret", "service_token"})
+LEASE_MARGIN = 1.0  # seconds a lease must outlast threescale.timeout: the renewal before a POST and its ack
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "ANY"})
 
 
@@ -78,7 +79,11 @@ class ReportSettings:
     max_batch: int = 250
     """Transactions per POST /transactions.xml (3scale drops a whole POST for one bad transaction)."""
     lease: float = 30.0
-    """Seconds after which a batch left in flight by a dead replica is taken over."""
+    """Seconds after which a batch left in flight by a dead replica is taken over (a live one renews it)."""
+    batch_fields: int = 1000
+    """Usage fields (application × metric × minute) one replica takes from the buffer as one batch."""
+    verify_concurrency: int = 10
+    """Applications re-authorized at once before a batch is reported."""
     max_pending_memory: int = 100_000
     """Usage entries (service, app, minute) kept in memory while Redis is unreachable."""
     backoff_max: float = 60.0
@@ -194,6 +199,8 @@ class Settings:
     listen: str = "0.0.0.0:8080"
     metrics_listen: str = "0.0.0.0:9090"
     redis_url: str = "memory://"
+    redis_max_connections: int = 64
+    """Redis connections per process; a burst beyond waits (up to the Redis timeout) for a free one."""
     threescale: ThreescaleSettings = field(default_factory=ThreescaleSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
@@ -575,8 +582,23 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
             problems.append((f"report.{key}", "must be greater than 0"))
     if s.report.max_batch > 1000:
         problems.append(("report.max_batch", "must be at most 1000 (3scale caps a POST at 4096 parameters)"))
-    if s.report.lease <= s.threescale.timeout * 2:
-        problems.append(("report.lease", "must be more than twice threescale.timeout, or batches are taken twice"))
+    if s.report.lease <= s.threescale.timeout + LEASE_MARGIN:
+        # Each POST starts right after a renewal, so it and its ack must end within one lease; this bound is
+        # what makes "no batch is reported twice" true (a heartbeat holds the lease through verification).
+        problems.append(
+            (
+                "report.lease",
+                f"must be more than threescale.timeout + {LEASE_MARGIN:g} s (one POST and two Redis calls), "
+                "or another replica may take over a batch whose POST is still in flight",
+            )
+        )
+    for key in ("batch_fields", "verify_concurrency"):
+        if getattr(s.report, key) < 1:
+            problems.append((f"report.{key}", "must be at least 1"))
+    if s.report.verify_concurrency > s.threescale.pool_size:
+        problems.append(("report.verify_concurrency", "must not exceed threescale.pool_size"))
+    if s.redis_max_connections < 1:
+        problems.append(("redis_max_connections", "must be at least 1"))
     if s.shutdown.drain_delay < 0:
         problems.append(("shutdown.drain_delay", "must not be negative"))
     if s.shutdown.timeout <= s.shutdown.drain_delay:
