@@ -26,6 +26,8 @@ demo: $(VENV)/.run-installed
 test: $(VENV)/.test-installed
 	@scripts/system-deps.sh
 	$(BIN)/ruff check proxy tests bench
+	$(BIN)/mypy --strict proxy
+	$(BIN)/lint-imports
 	scripts/check-docker.sh
 	scripts/check-cfn.sh
 	$(BIN)/pytest
@@ -33,6 +35,8 @@ test: $(VENV)/.test-installed
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check proxy tests bench
 	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/mypy --strict proxy
+	$(BIN)/lint-imports
 
 unit integration: $(VENV)/.test-installed
 	$(BIN)/pytest tests/$@
