@@ -2,7 +2,8 @@
 
 A cached, allowed request costs a dict lookup: when the local copy is older than `local_ttl` it is still
 served while one background task re-reads Redis. Misses are single-flight per key, rejections are cached
-for `negative_ttl`, and the cache mode decides what happens when 3scale cannot be reached.
+for `negative_ttl`, and the cache mode decides what happens when 3scale cannot be reached. What was decided
+because 3scale could not be reached holds only until 3scale answers again, for any key.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class AuthResult:
 class _LocalEntry:
     decision: AuthDecision
     check_after: float  # when to re-read Redis in the background
+    outage: int | None = None  # decided without 3scale, in this outage (see Authorizer._outage)
 
 
 class Authorizer:
@@ -68,13 +70,21 @@ class Authorizer:
         self._local: SplitLRU[LocalKey, _LocalEntry] = SplitLRU(max(1, settings.local_max_entries - negative), negative)
         self._inflight: dict[LocalKey, asyncio.Task[AuthResult]] = {}
         self._refreshing: dict[LocalKey, asyncio.Task[None]] = {}
+        # Outages are numbered: a decision made while 3scale was unreachable carries the current number, and
+        # the first answer from 3scale afterwards starts a new one, so every such decision is a miss at once.
+        self._outage = 0
+        self._backend_down = False
 
     async def authorize(self, service: ServiceSettings, credentials: AppCredentials) -> AuthResult:
         """The decision for these credentials; never raises for Redis or 3scale failures."""
         local_key = (service.id, credentials)  # hashing a small frozen dataclass: no digest on the hot path
         now = self._clock()
         entry = self._local.get(local_key)
-        if entry is not None and now < entry.decision.fresh_until:
+        if (
+            entry is not None
+            and now < entry.decision.fresh_until
+            and (entry.outage is None or entry.outage == self._outage)
+        ):
             self._metrics.auth_cache.labels(service.id, "local", "hit").inc()
             if now >= entry.check_after and local_key not in self._refreshing:
                 self._start_refresh(service, local_key, entry)
@@ -118,6 +128,7 @@ class Authorizer:
         except BackendUnavailable as exc:
             self._metrics.auth_cache.labels(service.id, "backend", "miss").inc()
             return self._when_backend_down(service, local_key, stale, exc)
+        self._backend_answered()
         self._metrics.auth_cache.labels(service.id, "backend", "hit").inc()
         decision = self._decide(status, self._clock())
         self._remember(local_key, decision, self._clock())
@@ -141,14 +152,25 @@ class Authorizer:
 
     def remember_status(self, service: ServiceSettings, credentials: AppCredentials, status: AuthStatus) -> None:
         """Take a fresh answer from 3scale obtained elsewhere (the reporter's re-authorization)."""
+        self._backend_answered()
         local_key = (service.id, credentials)
         if local_key in self._local:
             self._remember(local_key, self._decide(status, self._clock()), self._clock())
 
+    def _backend_answered(self) -> None:
+        """3scale answered: the outage, if one was under way, is over for every key."""
+        if self._backend_down:
+            self._backend_down = False
+            self._outage += 1
+
     def _when_backend_down(
         self, service: ServiceSettings, local_key: LocalKey, stale: AuthDecision | None, exc: BackendUnavailable
     ) -> AuthResult:
-        """strict: deny what is not fresh; resilient: serve what was decided before; allow: let it through."""
+        """strict: deny what is not fresh; resilient: serve what was decided before; allow: let it through.
+
+        Whatever is decided here is remembered as part of this outage: a miss once 3scale answers again."""
+        self._backend_down = True
+        outage = self._outage
         now = self._clock()
         mode = self._settings.mode
         # Ask 3scale again for this key after a short pause, not on every request while it is down.
@@ -158,11 +180,11 @@ class Authorizer:
         )
         if mode != "strict" and stale is not None and now < stale.stale_until:
             served = replace(stale, fresh_until=min(retry_at, stale.stale_until))
-            self._remember(local_key, served, now)
+            self._remember(local_key, served, now, outage=outage)
             return AuthResult(served, "stale")
         if mode == "allow":
             allowed = AuthDecision(allowed=True, fresh_until=retry_at, stale_until=retry_at, code=BACKEND_UNAVAILABLE)
-            self._remember(local_key, allowed, now)
+            self._remember(local_key, allowed, now, outage=outage)
             return AuthResult(allowed, "fallback")
         denied = AuthDecision(
             allowed=False,
@@ -171,7 +193,7 @@ class Authorizer:
             code=BACKEND_UNAVAILABLE,
             reason="3scale could not be reached",
         )
-        self._remember(local_key, denied, now)
+        self._remember(local_key, denied, now, outage=outage)
         return AuthResult(denied, "fallback")
 
     def _decide(self, status: AuthStatus, now: float) -> AuthDecision:
@@ -203,8 +225,8 @@ class Authorizer:
 
     # ---------------------------------------------------------------------------------------- storage
 
-    def _remember(self, local_key: LocalKey, decision: AuthDecision, now: float) -> None:
-        entry = _LocalEntry(decision, now + self._settings.local_ttl)
+    def _remember(self, local_key: LocalKey, decision: AuthDecision, now: float, *, outage: int | None = None) -> None:
+        entry = _LocalEntry(decision, now + self._settings.local_ttl, outage)
         self._local.put(local_key, entry, negative=not decision.allowed)
 
     async def _read_shared(self, service: ServiceSettings, key: str) -> AuthDecision | None:

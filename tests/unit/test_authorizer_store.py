@@ -184,3 +184,23 @@ async def test_a_flood_of_bad_keys_leaves_the_good_keys_cached(emulator, redis_s
     assert [(await authorizer.authorize(service, creds)).layer for creds in bad[-2:]] == ["local", "local"]
     assert (await authorizer.authorize(service, bad[0])).layer == "backend"
     assert emulator.call_count("authorize") == 211
+
+
+@pytest.mark.parametrize("mode", ["strict", "resilient"])
+async def test_the_first_answer_after_an_outage_ends_it_for_every_key(emulator, authorizer_for, mode):
+    from tests.support import KEY, OTHER_KEY
+
+    authorizer, service, clock = authorizer_for(mode=mode, local_ttl=2)
+    a, b = AppCredentials(user_key=KEY), AppCredentials(user_key=OTHER_KEY)
+    await emulator.set_down("error")
+    first = await authorizer.authorize(service, a)
+    clock.advance(1.5)
+    second = await authorizer.authorize(service, b)
+    assert [(r.layer, r.decision.kind) for r in (first, second)] == [("fallback", "backend_unavailable")] * 2
+    await emulator.set_down(None)
+    clock.advance(0.6)  # A's 503 is due for a retry (2 s); B's would be cached for 1.4 s more
+    assert (await authorizer.authorize(service, a)).layer == "backend"  # 3scale is back
+    result = await authorizer.authorize(service, b)
+    assert (result.layer, result.decision.allowed) == ("backend", True)
+    assert emulator.call_count("authorize") == 4  # A and B in the outage, then each once more
+    assert (await authorizer.authorize(service, b)).layer == "local"  # and cached again from here
