@@ -29,9 +29,17 @@ from tests.e2e.replicas import (
     metric_samples,
     proxy_config,
     reported_usage,
-    wait_until,
 )
-from tests.support import KEY, OTHER_KEY, SERVICE_ID, RedisServer, emulator_config, free_port
+from tests.support import (
+    KEY,
+    OTHER_KEY,
+    SERVICE_ID,
+    RedisServer,
+    UsageBuffer,
+    emulator_config,
+    eventually,
+    free_port,
+)
 
 APPS = [KEY, OTHER_KEY, "third-key-1111111111", "fourth-key-222222222", "fifth-key-3333333333"]
 """Five applications: the emulator config's two and three added by `add_apps`."""
@@ -52,6 +60,14 @@ def replicas(tmp_path: Path) -> Iterator[ReplicaSet]:
     pool = ReplicaSet(tmp_path)
     yield pool
     pool.cleanup()
+
+
+@pytest.fixture
+async def buffer(redis_url: str) -> AsyncIterator[UsageBuffer]:
+    """The shared Redis usage buffer the replicas of a test write to (pending usage and in-flight batches)."""
+    usage_buffer = UsageBuffer(redis_url)
+    yield usage_buffer
+    await usage_buffer.aclose()
 
 
 @pytest.fixture
@@ -158,15 +174,26 @@ def usage_diff(expected: Counter[tuple[str, str]], got: Counter[tuple[str, str]]
 
 async def reported_equals(emu: Emulator, expected: Counter[tuple[str, str]], timeout: float) -> str | None:
     """Wait until 3scale's accepted usage equals `expected`; None when it does, else the difference."""
-    if await wait_until(lambda: reported_usage(emu.reported) == expected, timeout):
-        return None
-    return usage_diff(expected, reported_usage(emu.reported))
+    try:
+        await eventually(lambda: reported_usage(emu.reported) == expected, timeout, what="3scale's usage as served")
+    except AssertionError:
+        return usage_diff(expected, reported_usage(emu.reported))
+    return None
+
+
+async def readiness(replica: Replica) -> tuple[int, dict[str, str]]:
+    """A replica's /readyz answer: its status and body (`{"status", "redis", "threescale"}`)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        async with session.get(f"{replica.admin_url}/readyz") as resp:
+            return resp.status, await resp.json()
 
 
 # ------------------------------------------------------------------------------------------------ 1. accounting
 
 
-async def test_usage_served_by_three_replicas_reaches_3scale_exactly(emulator, upstream, redis_url, replicas, client):
+async def test_usage_served_by_three_replicas_reaches_3scale_exactly(
+    emulator, upstream, redis_url, replicas, client, buffer
+):
     """600 requests over 5 apps, 3 request kinds and 3 replicas sharing one Redis: after SIGTERM 3scale
     holds exactly what was served, per app and metric, once. The report interval (60 s) is longer than the
     test, so nothing is reported before the signal: all of it goes through the replicas' final flushes,
@@ -186,7 +213,8 @@ async def test_usage_served_by_three_replicas_reaches_3scale_exactly(emulator, u
 
     await asyncio.gather(*(one(i) for i in range(600)))
     assert ledger.statuses == Counter({200: 600})
-    await asyncio.sleep(0.5)  # five flush_to_redis_ms: the usage is in Redis, not only in memory
+    # every replica has flushed: all the usage is in Redis, not only in memory
+    await eventually(lambda: buffer.holds(ledger.usage), what="the served usage in the Redis buffer")
     assert emulator.reported == [], "reported before SIGTERM: the final flush would not be what is tested"
 
     codes = await replicas.terminate_all(fleet)
@@ -201,7 +229,7 @@ async def test_usage_served_by_three_replicas_reaches_3scale_exactly(emulator, u
 
 
 async def test_usage_counted_while_3scale_is_down_is_reported_once_after(
-    emulator, upstream, redis_url, replicas, client
+    emulator, upstream, redis_url, replicas, client, buffer
 ):
     """3scale answers 503 for ~5 report intervals while cached keys keep being served: nothing is accepted
     meanwhile, the reporters do try, and once 3scale is back everything arrives exactly once."""
@@ -225,7 +253,9 @@ async def test_usage_counted_while_3scale_is_down_is_reported_once_after(
     assert failed_tries, "no call reached 3scale while it was down: the outage was never exercised"
     assert accepted_during == 0
     assert (diff := await reported_equals(emulator, ledger.usage, timeout=15)) is None, "after the outage:\n" + diff
-    await asyncio.sleep(2.0)  # four more report intervals: a batch sent twice would show now
+    # Once no batch is left in Redis (every one acknowledged, nothing pending) none can be sent again; one
+    # still being sent twice at that moment shows after the final flush below, when the processes are gone.
+    await eventually(buffer.is_empty, what="every batch acknowledged and nothing pending in Redis")
     got = reported_usage(emulator.reported)
     assert got == ledger.usage, "reported more than once:\n" + usage_diff(ledger.usage, got)
 
@@ -293,9 +323,12 @@ async def test_sigterm_under_load_drains_finishes_in_flight_and_reports_everythi
     tasks = [asyncio.create_task(worker(n, slow=n < 2)) for n in range(6)]
     tasks.append(asyncio.create_task(poll_readyz()))
     try:
-        await asyncio.sleep(0.5)
+        await eventually(lambda: len(answers) > 20, what="the load running before the signal")
         across_signal = asyncio.create_task(slow_probe(time.monotonic()))  # still running at the signal
-        await asyncio.sleep(0.5)
+        probe_path = "/slow?seconds=1.0"
+        await eventually(
+            lambda: any(r["raw_path"] == probe_path for r in upstream.received), what="the probe at the upstream"
+        )
         signalled = replica.sigterm()
         across_close = asyncio.create_task(slow_probe(signalled + 0.4))  # still running when the listener closes
         code = await replica.wait_exit(timeout=shutdown_timeout + 5)
@@ -363,7 +396,7 @@ client's clock reading are not instantaneous on a loaded 2-core machine."""
 
 
 async def test_sigkill_loses_at_most_one_flush_and_a_survivor_reports_the_rest(
-    emulator, upstream, redis_url, replicas, client
+    emulator, upstream, redis_url, replicas, client, buffer
 ):
     """Replica A serves paced requests while 3scale is down (so its reports fail and a batch stays in
     flight), then is SIGKILLed. B, alive, reports the shared buffer and, after report.lease, A's in-flight
@@ -390,6 +423,7 @@ async def test_sigkill_loses_at_most_one_flush_and_a_survivor_reports_the_rest(
         if time.monotonic() - started >= duration:
             killed = time.monotonic()
             a.kill()
+            calls_at_kill = emulator.call_count()
             break
         await asyncio.sleep(0.01)
     served = len(answered)
@@ -397,14 +431,16 @@ async def test_sigkill_loses_at_most_one_flush_and_a_survivor_reports_the_rest(
     at_risk = sum(1 for t in answered if t > killed - window)
     assert a.exit_code == -9
 
-    await asyncio.sleep(0.5)
+    # B's reports fail too (3scale is still down when it next tries), then 3scale is back.
+    await eventually(lambda: emulator.call_count() > calls_at_kill, lease + 5, what="B trying 3scale after the kill")
     await emulator.set_down(None)
 
     def hits() -> int:
         return reported_usage(emulator.reported)[KEY, "hits"]
 
-    await wait_until(lambda: hits() >= served - at_risk, timeout=lease + 15)
-    await asyncio.sleep(lease + 1.5)  # any batch reported twice (B's takeover racing a live report) shows now
+    # B reports the shared buffer and, after the lease, A's in-flight batch: once Redis holds no batch and
+    # nothing pending, nothing is left to report (a batch still being sent twice then shows at B's exit).
+    await eventually(buffer.is_empty, lease + 15, what="the shared buffer and A's batch reported by B")
     got = hits()
     lost = served - got
     assert 0 <= lost <= at_risk, (
@@ -499,8 +535,9 @@ def _per_replica(answers: list[Answer], fleet: list[Replica]) -> dict[str, Count
 async def test_redis_outage_under_load_serves_everything_and_reports_exact_totals(
     tmp_path, emulator, upstream, replicas, client
 ):
-    """redis-server killed for ~10 s while two replicas are under load: no request fails (no 5xx, no
-    connection error), readiness stays 200 (degraded is not unready), and once Redis is back and the
+    """redis-server killed while two replicas are under load, until both have seen it down and served 500
+    more requests without it, then brought back until both have seen it up again: no request fails (no 5xx,
+    no connection error), readiness stays 200 (degraded is not unready), and once Redis is back and the
     replicas have flushed (SIGTERM) 3scale holds exactly what was served. Redis keeps its data across the
     restart (RedisServer durable=True): this tests the proxy's outage handling, not Redis data loss."""
     workdir = tmp_path / "redis"
@@ -515,18 +552,28 @@ async def test_redis_outage_under_load_serves_everything_and_reports_exact_total
         answers: list[Answer] = []
         done = False
         load = asyncio.create_task(run_load(client, fleet, ledger, until=lambda: done, answers=answers))
+
+        def started_since(moment: float) -> int:
+            return sum(1 for a in answers if a.started >= moment)
+
+        async def sees_redis(replica: Replica, state: str) -> tuple[int, dict[str, str]] | None:
+            answer = await readiness(replica)
+            return answer if answer[1].get("redis") == state else None
+
         try:
-            await asyncio.sleep(1.5)
+            await eventually(lambda: len(answers) >= 100, what="the load running before the outage")
             redis.kill()
             down_at = time.monotonic()
-            await asyncio.sleep(6.0)
-            for replica in fleet:
-                async with client.get(f"{replica.admin_url}/readyz") as resp:
-                    assert resp.status == 200, f"{replica.name} /readyz {resp.status} during the Redis outage"
-            await asyncio.sleep(4.0)
+            for replica in fleet:  # each health probe sees the outage, and the replica stays ready
+                status, body = await eventually(lambda r=replica: sees_redis(r, "down"), 15, what="Redis seen down")
+                assert status == 200, f"{replica.name} /readyz {status} {body} during the Redis outage"
+            await eventually(lambda: started_since(down_at) >= 500, 30, what="500 requests during the outage")
             redis.start()
             up_at = time.monotonic()
-            await asyncio.sleep(3.0)
+            for replica in fleet:
+                status, body = await eventually(lambda r=replica: sees_redis(r, "up"), 15, what="Redis seen back")
+                assert (status, body["status"]) == (200, "ok"), f"{replica.name} /readyz {status} {body}"
+            await eventually(lambda: started_since(up_at) >= 100, what="the load going on after the outage")
         finally:
             done = True
             await load
@@ -586,9 +633,11 @@ async def test_deleted_application_is_left_out_of_the_batch_and_dead_lettered(
         samples = metric_samples(await replica.metrics_text(), "threescale_proxy_reports_total")
         return any("dead" in labels.get("result", "") and value > 0 for labels, value in samples)
 
-    assert await wait_until(dead_lettered, timeout=5), [
-        line for line in (await replica.metrics_text()).splitlines() if "reports_total" in line
-    ]
+    try:
+        await eventually(dead_lettered, 5, what="a dead letter counted in threescale_proxy_reports_total")
+    except AssertionError as exc:
+        lines = [line for line in (await replica.metrics_text()).splitlines() if "reports_total" in line]
+        raise AssertionError(f"{exc}: {lines}") from None
     assert emulator.report_errors(SERVICE_ID) == []
 
     assert await replica.terminate() == 0
