@@ -204,6 +204,9 @@ class ProxyServer:
             self._proxy_runner = None
         grace = min(LOOP_GRACE, max(deadline - time.monotonic(), 0.0) / 4)
         await asyncio.gather(*(loop.stop(grace) for loop in self._loops))
+        with contextlib.suppress(TimeoutError):  # reservations in flight end within the Redis timeout
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                await self.limiter.close()  # the final flush then gives every held limit slice back
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
                 await self.report_now()

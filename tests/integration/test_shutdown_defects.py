@@ -8,9 +8,10 @@ import time
 import redis.asyncio as aioredis
 
 from proxy.app import ProxyServer
+from proxy.emulator import Emulator
 from proxy.store import RedisStore, StoreUnavailable, parse_usage_field
 from proxy.store.base import batch_key, batches_key, pending_key
-from tests.support import KEY, OTHER_KEY, SERVICE_ID, eventually, proxy_settings, reported_totals
+from tests.support import KEY, OTHER_KEY, SERVICE_ID, emulator_config, eventually, proxy_settings, reported_totals
 
 
 async def hits_in_redis(url: str, service_id: str = SERVICE_ID) -> int:
@@ -95,3 +96,33 @@ async def test_a_failed_usage_flush_still_settles_limits(emulator, upstream, htt
     finally:
         await proxy.stop()
         await client.aclose()
+
+
+async def test_stop_gives_every_reserved_limit_slice_back(upstream, redis_url, http):
+    """A slice of a limit held by a replica that stops would stay reserved until its window ends."""
+    emu = Emulator(emulator_config({"hits": {"day": 1000}}))
+    await emu.start()
+    settings = proxy_settings(
+        emu.url,
+        upstream.url,
+        redis_url,
+        report={"flush_to_redis_ms": 60_000},  # no flush between the requests and stop()
+        shutdown={"drain_delay": 0, "timeout": 5},
+    )
+    proxy = ProxyServer(settings)
+    await proxy.start()
+    try:
+        for _ in range(20):  # a slice of 1 + 999 // 8 = 125, busy: a routine settle would keep 105 reserved
+            async with http.get(f"http://127.0.0.1:{proxy.port}/x", headers={"x-api-key": KEY}) as resp:
+                assert resp.status == 200
+    finally:
+        await proxy.stop()
+        await emu.stop()
+    client = aioredis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(f"tsp:{{svc:{SERVICE_ID}}}:lim:*")]
+        assert len(keys) == 1  # the plan's one limit: hits per day
+        counter = {k.decode(): int(v) for k, v in (await client.hgetall(keys[0])).items()}
+    finally:
+        await client.aclose()
+    assert counter == {"u": 20, "r": 0}
