@@ -45,7 +45,12 @@ class Components:
 def build(settings: Settings, *, clock: Clock = system_clock, transport: Transport | None = None) -> Components:
     """Construct and wire the parts; opens no connection yet (clients connect lazily)."""
     metrics = Metrics()
-    store = open_store(settings.redis_url, clock=clock, max_connections=settings.redis_max_connections)
+    store = open_store(
+        settings.redis_url,
+        clock=clock,
+        max_connections=settings.redis_max_connections,
+        max_values=settings.cache.local_max_entries,  # memory:// holds the "shared" copy in this process too
+    )
     usage = UsageRecorder(store, metrics, settings.report.max_pending_memory)
     client = ThreescaleClient(
         settings.threescale.backend_url,
@@ -53,7 +58,13 @@ def build(settings: Settings, *, clock: Clock = system_clock, transport: Transpo
         pool_size=settings.threescale.pool_size,
     )
     authorizer = Authorizer(client, store, settings.cache, metrics, clock=clock)
-    limiter = Limiter(store, metrics, settings.report.flush_to_redis_ms / 1000, clock=clock)
+    limiter = Limiter(
+        store,
+        metrics,
+        settings.report.flush_to_redis_ms / 1000,
+        max_plans=settings.cache.local_max_entries,
+        clock=clock,
+    )
 
     async def fresh_answer(service: ServiceSettings, credentials: AppCredentials, status: AuthStatus) -> None:
         """A report's re-authorization doubles as a sync: cached decision and limit windows take its values."""

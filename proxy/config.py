@@ -56,7 +56,7 @@ class CacheSettings:
     local_ttl: float = 2.0
     stale_ttl: float = 86400.0
     """How long after `ttl` a resilient proxy may still serve an entry while 3scale is down."""
-    local_max_entries: int = 100_000
+    local_max_entries: int = 40_000
     """Decisions kept in process (least recently used dropped first), the negative segment included."""
     local_max_negative: int | None = None
     """Of those, at most this many denied keys (invalid, limited, 3scale down), kept apart so a flood of bad
@@ -84,7 +84,7 @@ class ReportSettings:
     """Usage fields (application × metric × minute) one replica takes from the buffer as one batch."""
     verify_concurrency: int = 10
     """Applications re-authorized at once before a batch is reported."""
-    max_pending_memory: int = 100_000
+    max_pending_memory: int = 50_000
     """Usage entries (service, app, minute) kept in memory while Redis is unreachable."""
     backoff_max: float = 60.0
 

@@ -42,9 +42,10 @@ class Window:
 class Ledger:
     """The windows this replica holds allowances in, keyed by their shared counter's key."""
 
-    def __init__(self, divisor: int) -> None:
+    def __init__(self, divisor: int, max_windows: int = 1_000_000) -> None:
         self._divisor = divisor
-        self._windows: dict[str, Window] = {}
+        self._max_windows = max(1, max_windows)
+        self._windows: dict[str, Window] = {}  # oldest first: the first forgotten when over max_windows
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -134,4 +135,16 @@ class Ledger:
             w.used, w.extra, w.active = 0, 0, False
             if now >= w.end + KEEP_AFTER_WINDOW and not w.allowance:
                 del self._windows[key]
+        self._forget_idle()
         return per_service
+
+    def _forget_idle(self) -> None:
+        """Over `max_windows`, forget settled windows that hold nothing, oldest first: a flood of keys must
+        not grow memory for a whole month. Only the store-down fallback count of such a window is lost
+        (it then starts again from 3scale's value); a window holding an allowance is never dropped."""
+        excess = len(self._windows) - self._max_windows
+        if excess <= 0:
+            return
+        idle = [k for k, w in self._windows.items() if not w.allowance][:excess]
+        for key in idle:
+            del self._windows[key]

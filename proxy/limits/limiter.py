@@ -30,6 +30,7 @@ from .windows import base_value, counter_ttl, expand_usage, parent_map, window
 
 log = logging.getLogger(__name__)
 
+WINDOWS_PER_PLAN = 2  # ledger bound per cached plan: most plans limit one or two periods of one metric
 MAX_PLANS = 100_000  # applications whose limit windows are kept computed; the least recent go first
 
 
@@ -67,6 +68,7 @@ class Limiter:
         flush_interval: float,
         *,
         divisor: int = 8,
+        max_plans: int = MAX_PLANS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -74,12 +76,12 @@ class Limiter:
         self._flush_interval = flush_interval
         self._divisor = divisor
         self._clock = clock
-        self._ledger = Ledger(divisor)
+        self._ledger = Ledger(divisor, max_windows=WINDOWS_PER_PLAN * max(1, max_plans))
         self._unsent: list[tuple[str, str, list[Settlement]]] = []  # (service, flush id, settlements)
         self._reserving: dict[str, asyncio.Future[None]] = {}
         self._reservations: set[asyncio.Task[tuple[int, bool] | None]] = set()
         self._closing = False
-        self._plans: LRU[tuple[str, AppCredentials], _Plan] = LRU(MAX_PLANS)
+        self._plans: LRU[tuple[str, AppCredentials], _Plan] = LRU(max(1, max_plans))
         self._settling = asyncio.Lock()
 
     async def check(

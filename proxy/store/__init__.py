@@ -43,12 +43,17 @@ __all__ = [
 
 
 def open_store(
-    url: str, *, clock: Callable[[], float] = time.time, max_connections: int = DEFAULT_MAX_CONNECTIONS
+    url: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_values: int = 100_000,
 ) -> MemoryStore | RedisStore:
     """A store for `memory://`, `redis://`, `rediss://` (TLS, e.g. ElastiCache) or `unix://`.
 
     `clock` times memory:// expiry; Redis expires keys by its own clock (its breaker keeps the monotonic one).
+    `max_values` bounds memory://'s cached values (Redis is bounded by its own maxmemory).
     """
     if urlsplit(url).scheme == "memory":
-        return MemoryStore(clock=clock)
+        return MemoryStore(clock=clock, max_values=max_values)
     return RedisStore(url, max_connections=max_connections)

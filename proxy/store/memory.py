@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .base import DEAD_LETTER_MAX, MAX_BATCH_FIELDS, Batch, LimitClaim, Reservation, Settlement
 
+COUNTERS_PER_VALUE = 2  # limit counters kept per cached value (an app's windows: one or two periods)
 SWEEP_EVERY = 1024  # writes between two sweeps of expired entries (the cost stays O(1) per write on average)
 
 
@@ -28,8 +29,10 @@ class _Counter:
 class MemoryStore:
     """Same semantics as RedisStore (dedup, leases, all-or-nothing reservations, expiry), in dicts."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data: dict[str, tuple[bytes, float]] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, max_values: int = 100_000) -> None:
+        self._data: dict[str, tuple[bytes, float]] = {}  # oldest write first: evicted first when full
+        self._max_values = max(1, max_values)
+        self._max_counters = COUNTERS_PER_VALUE * self._max_values
         self._clock = clock
         self._writes = 0
         self._pending: dict[str, dict[str, int]] = {}
@@ -59,7 +62,11 @@ class MemoryStore:
         return item[0]
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
+        """Like Redis with an LRU-on-write maxmemory policy: beyond `max_values` the oldest write goes."""
+        self._data.pop(key, None)
         self._data[key] = (value, self._clock() + ttl)
+        if len(self._data) > self._max_values:
+            del self._data[next(iter(self._data))]
         self._wrote()
 
     def _wrote(self) -> None:
@@ -81,7 +88,10 @@ class MemoryStore:
         now = self._clock()
         counter = self._limits.get(key)
         if counter is None or counter.expires <= now:
+            self._limits.pop(key, None)
             counter = self._limits[key] = _Counter(base, 0, now + ttl)
+            if len(self._limits) > self._max_counters:
+                self._evict_counter()
             self._wrote()
         elif refresh:
             counter.expires = now + ttl
@@ -179,6 +189,14 @@ class MemoryStore:
         for key, value, ttl in items:
             counter = self._counter(key, value, ttl, refresh=True)
             counter.used = max(counter.used, value)
+
+    def _evict_counter(self) -> None:
+        """Over the bound, like Redis under maxmemory: the oldest counter nobody holds a slice of goes (a
+        later reservation seeds it again from 3scale's value)."""
+        for key, counter in self._limits.items():
+            if counter.reserved == 0:
+                del self._limits[key]
+                return
 
     def limit_counter(self, key: str) -> tuple[int, int] | None:
         """(used, reserved) of a live limit counter (tests and diagnostics)."""

@@ -13,7 +13,7 @@ def cache(env: dict[str, str] | None = None, **values):
 
 def test_the_negative_segment_defaults_to_a_tenth_of_the_cache():
     assert cache().local_max_negative is None
-    assert cache().negative_entries == 10_000  # of the default 100_000
+    assert cache().negative_entries == 4_000  # of the default 40_000
     assert cache(local_max_entries=25).negative_entries == 2
     assert cache(local_max_entries=5).negative_entries == 1  # never 0
 

@@ -100,3 +100,16 @@ def test_windows_long_over_are_forgotten():
     assert len(ledger) == 1  # late settlements may still land for KEEP_AFTER_WINDOW
     ledger.settle(END + 120)
     assert len(ledger) == 0 and ledger.get("k") is None
+
+
+def test_over_its_bound_the_ledger_forgets_idle_windows_oldest_first_never_a_held_one():
+    ledger = Ledger(divisor=8, max_windows=3)
+    ledger.grant(claim("held"), granted=50, free_after=900)
+    for key in ("a", "b", "c", "d"):
+        ledger.grant(claim(key), granted=1, free_after=900)
+        assert ledger.take([claim(key)])  # spent: nothing left held in these
+    assert ledger.take([claim("held")])
+    ledger.settle(NOW)  # "held" is busy and roomy: it keeps its slice
+    assert len(ledger) == 3
+    assert [k for k in ("held", "a", "b", "c", "d") if ledger.get(k) is not None] == ["held", "c", "d"]
+    assert ledger.allowance("held") == 49

@@ -1,9 +1,7 @@
 """The limiter on the in-process store: its bounded plan cache."""
 
-import pytest
 
 from proxy.decisions import AuthDecision
-from proxy.limits import limiter as limiter_module
 from proxy.limits.limiter import Limiter
 from proxy.metrics import Metrics
 from proxy.store import MemoryStore
@@ -23,10 +21,9 @@ def app(name: str) -> AppCredentials:
     return AppCredentials(user_key=name)
 
 
-async def test_the_plan_cache_forgets_only_the_least_recently_used_plan(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(limiter_module, "MAX_PLANS", 3)
+async def test_the_plan_cache_forgets_only_the_least_recently_used_plan():
     clock = ManualClock()
-    limiter = Limiter(MemoryStore(clock=clock), Metrics(), 0.1, clock=clock)
+    limiter = Limiter(MemoryStore(clock=clock), Metrics(), 0.1, max_plans=3, clock=clock)
     for name in ("a", "b", "c", "a", "d"):  # a is used again before d arrives: b is the least recent
         assert (await limiter.check(SERVICE, app(name), DECISION, {"hits": 1})).allowed
     cached = {name for name in "abcd" if (SERVICE, app(name)) in limiter._plans}

@@ -120,3 +120,19 @@ async def test_redis_pool_is_bounded_and_a_burst_waits_for_a_connection(redis_ur
     finally:
         await store.close()
         await probe.aclose()
+
+
+async def test_memory_store_bounds_cached_values_and_limit_counters_keeping_held_slices() -> None:
+    store = MemoryStore(clock=ManualClock(1000.0), max_values=2)
+    for i in range(5):
+        await store.set(f"v{i}", b"x", 300)
+    assert [await store.get(f"v{i}") for i in range(5)] == [None, None, None, b"x", b"x"]
+    held = LimitClaim(key="held", base=0, max=100, need=1, ttl=3600)
+    assert (await store.reserve([held], divisor=8)).granted == (13,)
+    for i in range(10):  # 2 counters per cached value: 4 in all
+        claim = LimitClaim(key=f"lim-{i}", base=0, max=5, need=1, ttl=3600)
+        await store.reserve([claim], divisor=1)
+        await store.settle(SVC, f"s{i}", [Settlement(claim.key, used=1, release=4, ttl=3600)])
+    assert len(store) == 2 + 4
+    assert store.limit_counter("held") == (0, 13)  # a slice someone holds is never evicted
+    assert store.limit_counter("lim-0") is None and store.limit_counter("lim-9") == (1, 0)
