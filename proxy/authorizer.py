@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 LocalKey = tuple[str, AppCredentials]  # (service id, credentials)
 Layer = Literal["local", "redis", "backend", "stale", "fallback"]
 
-__all__ = ["BACKEND_UNAVAILABLE", "SERVICE_CONFIG_CODES", "AuthDecision", "AuthResult", "Authorizer"]
+__all__ = ["AuthResult", "Authorizer"]  # decision types live in proxy.decisions
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,10 @@ from types import MappingProxyType
 from aiohttp import web
 
 from . import credentials as creds_step
-from .authorizer import AuthDecision, Authorizer
+from .authorizer import Authorizer
 from .clock import Clock, system_clock
 from .config import GatewaySettings, ServiceSettings
+from .decisions import AuthDecision
 from .forward import forward, upstream_headers, upstream_url
 from .limits import Limiter
 from .logs import ACCESS_LOGGER
