@@ -20,6 +20,8 @@ from .errors import LeaseLost
 
 log = logging.getLogger(__name__)
 
+ACK_RETRY = 0.25  # seconds between attempts to record an accepted chunk while Redis is briefly away
+
 
 class Lease:
     """`async with Lease(...) as lease:` renews in the background; `confirm()` and `ack()` check ownership."""
@@ -64,8 +66,20 @@ class Lease:
             raise LeaseLost(f"batch {self.batch.id} of service {self._service_id} was taken over")
 
     async def ack(self, fields: list[str]) -> None:
-        """Forget fields 3scale accepted; LeaseLost (nothing forgotten) if another replica holds the batch."""
-        if not await self._store.ack(self._service_id, self.batch.id, self.batch.owner, fields):
+        """Forget fields 3scale accepted; LeaseLost (nothing forgotten) if another replica holds the batch.
+
+        3scale has these already: a Redis blip here is retried for up to a lease (the heartbeat keeps the
+        batch ours meanwhile), since giving up would let another replica send them a second time."""
+        attempts = max(1, int(self._seconds / ACK_RETRY))
+        for attempt in range(attempts):
+            try:
+                acked = await self._store.ack(self._service_id, self.batch.id, self.batch.owner, fields)
+                break
+            except StoreUnavailable:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(ACK_RETRY)
+        if not acked:
             self.lost = True
             raise LeaseLost(f"batch {self.batch.id} of service {self._service_id} was taken over")
 

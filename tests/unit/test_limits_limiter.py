@@ -1,6 +1,5 @@
 """The limiter on the in-process store: its bounded plan cache."""
 
-
 from proxy.decisions import AuthDecision
 from proxy.limits.limiter import Limiter
 from proxy.metrics import Metrics

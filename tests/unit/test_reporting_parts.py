@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+import redis.asyncio
 from aiohttp import web
 
 from proxy.config import ServiceSettings
@@ -209,3 +210,21 @@ async def test_the_heartbeat_holds_a_batch_past_its_lease_and_a_lost_lease_stops
 async def _score_above(store: RedisStore, key: str, value: float) -> bool:
     score = await store.client.zscore(key, "b1")
     return score is not None and score > value
+
+
+async def test_an_accepted_chunk_is_acked_through_a_redis_blip_instead_of_being_sent_again(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    probe = redis.asyncio.from_url(redis_url)
+    try:
+        await store.add_usage(SVC, "f1", {usage_field(MINUTE, "user_key", "hits", "key-a"): 3})
+        batch = await store.take_batch(SVC, time.time(), 5, "b1", owner="replica-a")
+        assert batch is not None
+        async with Lease(store, SVC, batch, 5, time.time) as lease:
+            await probe.client_pause(1500)  # Redis answers nobody for 1.5 s: the ack's first tries time out
+            await lease.ack(list(batch.fields))
+            assert not lease.lost
+        assert await store.pending_size(SVC) == 0  # recorded: no replica will send it to 3scale again
+        assert await store.take_batch(SVC, time.time() + 60, 5, "b2", owner="replica-b") is None
+    finally:
+        await store.close()
+        await probe.aclose()
