@@ -89,22 +89,29 @@ AUTHORIZED = b'<?xml version="1.0" encoding="UTF-8"?><status><authorized>true</a
 
 
 class SlowThreescale:
-    """A 3scale stand-in over real HTTP that holds each authorize briefly and records the peak in flight."""
+    """A 3scale stand-in over real HTTP that answers authorize calls in waves of `hold` (the last one may be
+    smaller, `total` in all), so concurrent calls really overlap, and records the peak in flight."""
 
     def __init__(self, answer: tuple[int, bytes] = (200, AUTHORIZED)) -> None:
         self.answer = answer
+        self.hold = 1
+        self.total = 1
         self.in_flight = 0
         self.peak = 0
         self.apps: list[str] = []
         self.port = free_port()
         self._runner: web.AppRunner | None = None
+        self._arrived = asyncio.Condition()
 
     async def handle(self, request: web.Request) -> web.Response:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         self.apps.append(request.query.get("user_key", ""))
+        wave_end = min(-(-len(self.apps) // self.hold) * self.hold, self.total)  # monotonic: no re-waiting
         try:
-            await asyncio.sleep(0.05)  # a slow 3scale, simulated
+            async with self._arrived:
+                self._arrived.notify_all()
+                await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.apps) >= wave_end), 5)
         finally:
             self.in_flight -= 1
         return web.Response(status=self.answer[0], body=self.answer[1], content_type="application/xml")
@@ -146,6 +153,7 @@ async def test_verification_asks_about_every_app_at_most_concurrency_at_once(
     try:
         verifier = Verifier(client, Metrics(), concurrency=concurrency, on_status=on_status)
         apps = {("user_key", f"key-{i}"): ["hits"] for i in range(7)}
+        slow3scale.hold, slow3scale.total = concurrency, len(apps)
         assert await verifier.verify(service(), apps) == {app: {} for app in apps}
     finally:
         await client.close()
@@ -163,6 +171,7 @@ async def test_verification_stops_at_an_answer_that_rejects_the_service(slow3sca
     client = ThreescaleClient(f"http://127.0.0.1:{slow3scale.port}", timeout=5)
     try:
         verifier = Verifier(client, Metrics(), concurrency=2)
+        slow3scale.hold, slow3scale.total = 2, 10
         with pytest.raises(ReportFailed, match="service_token_invalid") as failed:
             await verifier.verify(service(), {("user_key", f"key-{i}"): ["hits"] for i in range(10)})
     finally:
