@@ -43,8 +43,10 @@ class ProxyServer:
         transport: Transport | None = None,
         probe_interval: float = 5.0,
         clock: Clock = system_clock,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port  # workers of one supervisor bind the same ports (SO_REUSEPORT)
         parts = build(settings, clock=clock, transport=transport)
         self.components = parts
         self.metrics = parts.metrics
@@ -95,7 +97,7 @@ class ProxyServer:
         """Bind both listeners (port 0 picks a free one; see .port/.metrics_port) and become ready."""
         self._admin_runner = web.AppRunner(self.health.make_app(), access_log=None)
         await self._admin_runner.setup()
-        self.metrics_port = await _bind(self._admin_runner, self.settings.metrics_listen)
+        self.metrics_port = await _bind(self._admin_runner, self.settings.metrics_listen, self.reuse_port)
 
         await self._probe_step()
         if self.health.redis == "down":
@@ -113,7 +115,7 @@ class ProxyServer:
             shutdown_timeout=1.0,
         )
         await self._proxy_runner.setup()
-        self.port = await _bind(self._proxy_runner, self.settings.listen)
+        self.port = await _bind(self._proxy_runner, self.settings.listen, self.reuse_port)
         for loop in self._loops:
             loop.start(at_once=loop.name != "health_probe")  # start() has just probed
         self.health.phase = "ready"
@@ -224,9 +226,9 @@ class ProxyServer:
         log.info("threescale-proxy stopped", extra={"fields": {"seconds": round(time.monotonic() - started, 3)}})
 
 
-async def _bind(runner: web.AppRunner, listen: str) -> int:
+async def _bind(runner: web.AppRunner, listen: str, reuse_port: bool = False) -> int:
     host, port = parse_listen(listen)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     server = site._server  # aiohttp exposes no public accessor for the bound port
     sockets = getattr(server, "sockets", None) or []

@@ -90,6 +90,18 @@ class ReportSettings:
 
 
 @dataclass(frozen=True)
+class UpstreamSettings:
+    """How the proxy talks to upstreams: which HTTP client, and its keep-alive pool per upstream origin."""
+
+    transport: Literal["h1", "aiohttp"] = "aiohttp"
+    """h1: asyncio protocols with the httptools C parser (fast); aiohttp: aiohttp's ClientSession (reference)."""
+    pool_size: int = 256
+    """Connections kept per upstream origin; a burst beyond waits for one to come free."""
+    keepalive_timeout: float = 30.0
+    """Seconds an idle upstream connection is kept (keep it below the upstream's own idle timeout)."""
+
+
+@dataclass(frozen=True)
 class ShutdownSettings:
     """SIGTERM: stop being ready, keep accepting for drain_delay, finish, flush, report, exit within timeout."""
 
@@ -198,6 +210,8 @@ class Settings:
     services: list[ServiceSettings]
     listen: str = "0.0.0.0:8080"
     metrics_listen: str = "0.0.0.0:9090"
+    workers: int | None = None
+    """Processes serving the one port (SO_REUSEPORT); default: the CPUs this container may use (1 on memory://)."""
     redis_url: str = "memory://"
     redis_max_connections: int = 64
     """Redis connections per process; a burst beyond waits (up to the Redis timeout) for a free one."""
@@ -205,6 +219,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     log: LogSettings = field(default_factory=LogSettings)
 
@@ -599,6 +614,17 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("report.verify_concurrency", "must not exceed threescale.pool_size"))
     if s.redis_max_connections < 1:
         problems.append(("redis_max_connections", "must be at least 1"))
+    if s.upstream.pool_size < 1:
+        problems.append(("upstream.pool_size", "must be at least 1"))
+    if s.upstream.keepalive_timeout <= 0:
+        problems.append(("upstream.keepalive_timeout", "must be greater than 0"))
+    if s.workers is not None:
+        if s.workers < 1:
+            problems.append(("workers", "must be at least 1"))
+        elif s.workers > 1 and urlsplit(s.redis_url).scheme == "memory":
+            problems.append(
+                ("workers", "must be 1 with redis_url memory:// (each process would keep its own limits and cache)")
+            )
     if s.shutdown.drain_delay < 0:
         problems.append(("shutdown.drain_delay", "must not be negative"))
     if s.shutdown.timeout <= s.shutdown.drain_delay:
