@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .http.server import Request
 from .responses import json_error
-from .transport import CHUNK_SIZE, Transport, UpstreamError, UpstreamRequest
+from .transport import Transport, UpstreamError, UpstreamRequest
 
 SMALL_BODY = 64 * 1024
+CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -27,6 +28,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+_HOP_BY_HOP_AND_LENGTH = HOP_BY_HOP | {"content-length"}
 
 
 @dataclass(slots=True)
@@ -41,101 +43,100 @@ class Forwarded:
 def upstream_url(base: str, raw_path: str, strip_query: Iterable[str] = ()) -> str:
     """Join the upstream base URL and the client's raw path and query, dropping credential parameters."""
     path, sep, query = raw_path.partition("?")
-    strip = {n for n in strip_query}
-    if sep and strip:
+    if sep and strip_query:
+        strip = set(strip_query)
         pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in strip]
         query = urlencode(pairs, quote_via=quote)
-    base = base.rstrip("/")
-    return base + path + (f"?{query}" if query else "")
+    return base.rstrip("/") + path + (f"?{query}" if query else "")
 
 
-def upstream_headers(request: web.Request, strip: Iterable[str] = (), client_ip: str | None = None) -> CIMultiDict[str]:
+def upstream_headers(request: Request, strip: Iterable[str] = (), client_ip: str | None = None) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones and credentials, plus the X-Forwarded-* family.
 
     `client_ip` (API Gateway's context.identity.sourceIp) starts X-Forwarded-For when the gateway sent none.
     """
-    connection_tokens = {t.strip().lower() for t in request.headers.get("Connection", "").split(",") if t.strip()}
-    dropped = HOP_BY_HOP | connection_tokens | {"host"} | {n.lower() for n in strip}
-    headers: CIMultiDict[str] = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in dropped)
+    source = request.headers
+    connection = source.get("Connection")
+    dropped = HOP_BY_HOP | {"host"} | {n.lower() for n in strip}
+    if connection:
+        dropped |= {t.strip().lower() for t in connection.split(",") if t.strip()}
+    headers: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in source.items() if k.lower() not in dropped])
     peer = request.remote or ""
-    previous = request.headers.get("X-Forwarded-For") or client_ip
+    previous = source.get("X-Forwarded-For") or client_ip
     headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
-    headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
-    headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
+    headers["X-Forwarded-Proto"] = source.get("X-Forwarded-Proto", request.scheme)
+    headers["X-Forwarded-Host"] = source.get("X-Forwarded-Host", request.host)
     return headers
 
 
-async def _request_body(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(CHUNK_SIZE):
-        yield chunk
-
-
 async def forward(
-    request: web.Request,
+    request: Request,
     transport: Transport,
     url: str,
     headers: CIMultiDict[str],
     upstream_timeout: float,
     extra_headers: Mapping[str, str] | None = None,
-) -> tuple[web.StreamResponse, Forwarded]:
+) -> Forwarded:
     """Send upstream and stream back. After headers are sent a failure can only cut the connection."""
-    has_body = request.body_exists or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
     upstream_request = UpstreamRequest(
-        method=request.method,
-        url=url,
-        headers=headers,
-        body=_request_body(request) if has_body else None,
-        timeout=upstream_timeout,
+        method=request.method, url=url, headers=headers, body=request.body, timeout=upstream_timeout
     )
     started = time.perf_counter()
     try:
         upstream = await transport.send(upstream_request)
     except UpstreamError as exc:
         status, error = (504, "upstream_timeout") if exc.kind == "upstream_timeout" else (502, "bad_gateway")
-        return json_error(status, error, str(exc)), Forwarded(status, None, exc.kind)
+        json_error(status, error, str(exc)).send(request)
+        return Forwarded(status, None, exc.kind)
     upstream_seconds = time.perf_counter() - started
     try:
-        headers = _response_headers(upstream.headers)
-        if extra_headers:
-            headers.update(extra_headers)
-        bodiless = request.method == "HEAD" or upstream.status in (204, 304)
+        status = upstream.status
+        reason = upstream.reason or None
+        bodiless = request.method == "HEAD" or status in (204, 304) or status < 200
         length = upstream.headers.get("Content-Length", "")
         if not bodiless and length.isdigit() and int(length) <= SMALL_BODY:
             # Small answers (most API responses) are read whole and sent in one write: half the syscalls.
             try:
                 body = await upstream.read()
             except UpstreamError as exc:
-                return json_error(502, "bad_gateway", str(exc)), Forwarded(502, upstream_seconds, exc.kind)
-            small = _OneWriteResponse(status=upstream.status, reason=upstream.reason or None, headers=headers)
-            await small.prepare(request)
-            await small.write_eof(body)
-            return small, Forwarded(upstream.status, upstream_seconds)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None, headers=headers)
-        if "Content-Length" not in headers and not bodiless:
-            response.enable_chunked_encoding()
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.iter_chunks():
-                await response.write(chunk)
-        except UpstreamError as exc:
-            # Headers are out: the honest signal left is an aborted connection, never a truncated "success".
-            if request.transport is not None:
-                request.transport.close()
-            return response, Forwarded(upstream.status, upstream_seconds, exc.kind)
-        await response.write_eof()
+                json_error(502, "bad_gateway", str(exc)).send(request)
+                return Forwarded(502, upstream_seconds, exc.kind)
+            request.respond(status, _response_headers(upstream.headers, extra_headers, True), body, reason=reason)
+            return Forwarded(status, upstream_seconds)
+        request.start(
+            status,
+            _response_headers(upstream.headers, extra_headers, False),
+            reason=reason,
+            length=int(length) if length.isdigit() else None,
+        )
+        if not bodiless:
+            try:
+                async for chunk in upstream.iter_chunks():
+                    await request.write(chunk)
+            except UpstreamError as exc:
+                # Headers are out: the honest signal left is an aborted connection, never a truncated "success".
+                request.abort()
+                return Forwarded(status, upstream_seconds, exc.kind)
+            except ConnectionResetError:
+                request.abort()
+                return Forwarded(CLIENT_CLOSED, upstream_seconds, "client_closed")
+        await request.finish()
     finally:
         await upstream.release()
-    return response, Forwarded(upstream.status, upstream_seconds)
+    return Forwarded(status, upstream_seconds)
 
 
-class _OneWriteResponse(web.StreamResponse):
-    """Headers go out with the body in one write; web.Response would add a Content-Type the upstream
-    did not send. (If aiohttp drops this attribute, the only cost is one more syscall.)"""
-
-    _send_headers_immediately = False
-
-
-def _response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's headers minus hop-by-hop ones (and any it names in Connection)."""
-    tokens = {t.strip().lower() for t in upstream.get("Connection", "").split(",") if t.strip()}
-    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in HOP_BY_HOP and k.lower() not in tokens)
+def _response_headers(
+    upstream: CIMultiDictProxy[str], extra: Mapping[str, str] | None, drop_length: bool
+) -> list[tuple[str, str]]:
+    """The upstream's headers minus hop-by-hop ones (and any it names in Connection), plus ours."""
+    dropped = _HOP_BY_HOP_AND_LENGTH if drop_length else HOP_BY_HOP
+    connection = upstream.get("Connection")
+    if connection:
+        dropped = dropped | {t.strip().lower() for t in connection.split(",") if t.strip()}
+    if extra:
+        dropped = dropped | {k.lower() for k in extra}  # ours replace the upstream's of the same name
+    headers = [(k, v) for k, v in upstream.items() if k.lower() not in dropped]
+    if extra:
+        headers.extend(extra.items())
+    return headers

@@ -13,20 +13,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from aiohttp import web
-
 from . import credentials as creds_step
 from .authorizer import Authorizer
 from .clock import Clock, system_clock
 from .config import GatewaySettings, ServiceSettings
 from .decisions import AuthDecision
-from .forward import forward, upstream_headers, upstream_url
+from .forward import CLIENT_CLOSED, forward, upstream_headers, upstream_url
+from .http.server import Request
 from .limits import Limiter
 from .logs import ACCESS_LOGGER
 from .mapping import Mapper
 from .metrics import Metrics
 from .redact import mask
-from .responses import json_error, service_error
+from .responses import Reply, json_error, service_error
 from .routing import Router
 from .threescale.models import AppCredentials
 from .transport import Transport
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 _NO_QUERY: Mapping[str, str] = MappingProxyType({})  # request.query parses on first use: skip it when unused
-CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +68,7 @@ class _Outcome:
     cache: str | None = None
     upstream_seconds: float | None = None
     error: str | None = None
+    extra_headers: Mapping[str, str] | None = None  # added to an answer of our own (429's RateLimit headers)
 
 
 class Pipeline:
@@ -102,14 +101,16 @@ class Pipeline:
         self.idle = asyncio.Event()
         self.idle.set()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """aiohttp handler: every method, every path."""
+    async def handle(self, request: Request) -> None:
+        """The listener's handler: every method, every path; answers on `request` itself."""
         started = time.perf_counter()
         outcome = _Outcome()
         self.in_flight += 1
         self.idle.clear()
         try:
-            response = await self._handle(request, outcome)
+            reply = await self._handle(request, outcome)
+            if reply is not None:
+                reply.send(request, outcome.extra_headers)
         except asyncio.CancelledError:
             outcome.status = CLIENT_CLOSED
             outcome.error = "client_closed"
@@ -118,15 +119,18 @@ class Pipeline:
             log.exception("unexpected error while handling a request")
             self._metrics.errors.labels("internal").inc()
             outcome.status, outcome.error = 500, "internal_error"
-            response = json_error(500, "internal_error", "The proxy failed to handle the request")
+            if request.started:
+                request.abort()
+            else:
+                json_error(500, "internal_error", "The proxy failed to handle the request").send(request)
         finally:
             self.in_flight -= 1
             if not self.in_flight:
                 self.idle.set()
             self._finish(request, outcome, time.perf_counter() - started)
-        return response
 
-    async def _handle(self, request: web.Request, outcome: _Outcome) -> web.StreamResponse:
+    async def _handle(self, request: Request, outcome: _Outcome) -> Reply | None:
+        """The answer of the proxy's own, or None when the upstream's has been sent."""
         service = self._router.route(request.host, request.path, request.headers)
         if service is None:
             outcome.status, outcome.error = 404, "no_service"
@@ -156,18 +160,15 @@ class Pipeline:
         limit = await self._limiter.check(service.id, credentials, result.decision, usage)
         if not limit.allowed:
             self._metrics.limited.labels(service.id, "plan").inc()
-            denied = self._error(service, "limits_exceeded", outcome)
-            denied.headers.update(limit.headers)
-            return denied
+            outcome.extra_headers = limit.headers
+            return self._error(service, "limits_exceeded", outcome)
 
         self._usage.add(service.id, credentials, usage, self._clock())
 
         url = upstream_url(service.upstream, request.raw_path, runtime.strip_query)
         source_ip = request.headers.get(self._gateway.source_ip_header) if self._gateway.source_ip_header else None
         headers = upstream_headers(request, runtime.strip_headers, source_ip)
-        response, forwarded = await forward(
-            request, self._transport, url, headers, service.upstream_timeout, limit.headers
-        )
+        forwarded = await forward(request, self._transport, url, headers, service.upstream_timeout, limit.headers)
         outcome.status = forwarded.status
         outcome.upstream_seconds = forwarded.upstream_seconds
         outcome.error = forwarded.error
@@ -175,14 +176,14 @@ class Pipeline:
             self._metrics.errors.labels(forwarded.error).inc()
         if forwarded.upstream_seconds is not None:
             self._metrics.upstream_duration.observe(forwarded.upstream_seconds)
-        return response
+        return None
 
-    def _error(self, service: ServiceSettings, kind: str, outcome: _Outcome, **extra: str) -> web.Response:
-        response = service_error(service, kind, **extra)
-        outcome.status, outcome.error = response.status, kind
-        return response
+    def _error(self, service: ServiceSettings, kind: str, outcome: _Outcome, **extra: str) -> Reply:
+        reply = service_error(service, kind, **extra)
+        outcome.status, outcome.error = reply.status, kind
+        return reply
 
-    def _denied(self, service: ServiceSettings, decision: AuthDecision, outcome: _Outcome) -> web.Response:
+    def _denied(self, service: ServiceSettings, decision: AuthDecision, outcome: _Outcome) -> Reply:
         kind = decision.kind
         if kind == "limits_exceeded":
             self._metrics.limited.labels(service.id, "backend").inc()
@@ -191,7 +192,7 @@ class Pipeline:
             extra["detail"] = decision.reason
         return self._error(service, kind, outcome, **extra)
 
-    def _finish(self, request: web.Request, outcome: _Outcome, seconds: float) -> None:
+    def _finish(self, request: Request, outcome: _Outcome, seconds: float) -> None:
         stage = request.headers.get(self._gateway.stage_header, "") if self._gateway.stage_header else ""
         self._metrics.requests.labels(outcome.service, request.method, str(outcome.status), stage).inc()
         self._metrics.request_duration.observe(seconds)

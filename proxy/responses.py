@@ -1,22 +1,56 @@
 """Every answer the proxy gives itself (not the upstream's): a JSON body `{"error": ..., "message": ...}`.
 
 One place, so the pipeline and the forwarding step answer errors alike and a service's configured
-error answers (config.ServiceSettings.errors) apply everywhere.
+error answers (config.ServiceSettings.errors) apply everywhere. Answers are built once and reused: the
+same few (service, kind) answers go out for every denied request.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from .config import ServiceSettings
+from .http.server import Request
+
+JSON_HEADERS: tuple[tuple[str, str], ...] = (("Content-Type", "application/json; charset=utf-8"),)
+_CACHE_MAX = 4096  # distinct answers kept (the detail of a denial comes from 3scale: bounded, but not by us)
 
 
-def json_error(status: int, error: str, message: str, **extra: str) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete answer of the proxy's own: status, the JSON body already encoded, its headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = JSON_HEADERS
+
+    def send(self, request: Request, extra_headers: Mapping[str, str] | None = None) -> None:
+        """Write it out in one piece, with per-request headers (RateLimit, Retry-After) added."""
+        headers: Iterable[tuple[str, str]] = self.headers
+        if extra_headers:
+            headers = (*self.headers, *extra_headers.items())
+        request.respond(self.status, headers, self.body)
+
+
+_replies: dict[tuple[object, ...], Reply] = {}
+
+
+def json_error(status: int, error: str, message: str, **extra: str) -> Reply:
     """An error answer with a machine-readable code and a message for people."""
-    return web.json_response({"error": error, "message": message, **extra}, status=status)
+    key = (status, error, message, *extra.items())
+    reply = _replies.get(key)
+    if reply is None:
+        body = json.dumps({"error": error, "message": message, **extra}).encode()
+        reply = Reply(status, body)
+        if len(_replies) >= _CACHE_MAX:
+            _replies.clear()
+        _replies[key] = reply
+    return reply
 
 
-def service_error(service: ServiceSettings, kind: str, **extra: str) -> web.Response:
+def service_error(service: ServiceSettings, kind: str, **extra: str) -> Reply:
     """The service's configured answer for an error kind (auth_missing, limits_exceeded, ...)."""
     answer = service.error(kind)
     return json_error(answer.status or 500, kind, answer.message or kind, **extra)

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
+import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import components
+from proxy.http.server import HttpServer
 from proxy.transport import UpstreamRefused, UpstreamRequest, UpstreamTimeout
 from tests.support import KEY, ManualClock, proxy_settings
 
@@ -54,16 +55,29 @@ class RecordingTransport:
         return None
 
 
+class Client:
+    """Requests to the pipeline served by the proxy's own listener on a free port."""
+
+    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+        self._session, self._port = session, port
+
+    async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        resp = await self._session.get(f"http://127.0.0.1:{self._port}{path}", **kwargs)
+        await resp.read()
+        return resp
+
+
 @pytest.fixture
-async def served(emulator: Any, aiohttp_client: Any) -> AsyncIterator[tuple[Any, components.Components, Any]]:
+async def served(emulator: Any) -> AsyncIterator[tuple[Any, components.Components, Any]]:
     transport = RecordingTransport()
     parts = components.build(
         proxy_settings(emulator.url, "http://upstream.invalid:3000"), clock=ManualClock(), transport=transport
     )
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", parts.pipeline.handle)
-    client = await aiohttp_client(app)
-    yield client, parts, transport
+    server = HttpServer(parts.pipeline.handle)
+    port = await server.start("127.0.0.1", 0)
+    async with aiohttp.ClientSession() as session:
+        yield Client(session, port), parts, transport
+    await server.close()
     await parts.authorizer.close()
     await parts.client.close()
     await parts.store.close()
