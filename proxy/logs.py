@@ -1,17 +1,18 @@
 """JSON logs: one line per request and structured process events, with credentials masked.
 
-Records go through a queue to a thread that formats and writes them, so no request waits on stdout
-(a slow log driver, a full pipe) and JSON encoding stays off the event loop.
+Records go through a queue to a thread that formats them and writes each batch in one write, so no
+request waits on stdout (a slow log driver, a full pipe) and JSON encoding stays off the event loop.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
-import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -41,32 +42,71 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-class _EnqueueHandler(logging.handlers.QueueHandler):
-    """Hands the record over as it is: the writer thread formats it (QueueHandler would format here)."""
+class _EnqueueHandler(logging.Handler):
+    """Hands the record over as it is (the writer thread formats it); never blocks the event loop."""
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None]) -> None:
+        super().__init__()
+        self._records = records
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            pass  # never block the event loop on logging
+    def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: SimpleQueue is thread-safe
+        if self._records.qsize() < QUEUE_MAX:
+            self._records.put_nowait(record)
+        return True  # past QUEUE_MAX records are dropped, not awaited
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.handle(record)
 
 
-_listener: logging.handlers.QueueListener | None = None
+class _BatchWriter(threading.Thread):
+    """Formats records and writes all that are waiting in one write (one syscall per batch of lines)."""
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None], stream: TextIO) -> None:
+        super().__init__(name="log-writer", daemon=True)
+        self._records = records
+        self._stream = stream
+        self._formatter = JsonFormatter()
+
+    def run(self) -> None:
+        records, formatter = self._records, self._formatter
+        while True:
+            batch = [records.get()]
+            while len(batch) < 4096:
+                try:
+                    batch.append(records.get_nowait())
+                except queue.Empty:
+                    break
+            stop = None in batch
+            lines = []
+            for record in batch:
+                if record is not None:
+                    try:
+                        lines.append(formatter.format(record))
+                    except Exception:  # a record that cannot be formatted must not stop the writer
+                        lines.append(json.dumps({"level": "error", "msg": "unformattable log record"}))
+            if lines:
+                with contextlib.suppress(OSError, ValueError):
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+            if stop:
+                return
+
+    def stop(self) -> None:
+        self._records.put(None)
+        self.join(timeout=5)
+
+
+_writer: _BatchWriter | None = None
 
 
 def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Route every logger through the JSON formatter on stdout (what ECS awslogs and kubectl read)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-    writer = logging.StreamHandler(stream or sys.stdout)
-    writer.setFormatter(JsonFormatter())
-    records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_MAX)
-    _listener = logging.handlers.QueueListener(records, writer, respect_handler_level=False)
-    _listener.start()
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+    records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+    _writer = _BatchWriter(records, stream or sys.stdout)
+    _writer.start()
     atexit.register(stop_logging)
     root = logging.getLogger()
     root.handlers[:] = [_EnqueueHandler(records)]
@@ -76,7 +116,7 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
 
 def stop_logging() -> None:
     """Write what is still queued and stop the writer thread (at exit, after the last record)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+        _writer = None

@@ -382,7 +382,8 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def eof_received(self) -> bool | None:
-        return None  # like nginx: a client that stops sending has gone away (the transport closes, the handler is cancelled)
+        # like nginx: a client that stops sending has gone away (the transport closes, the handler is cancelled)
+        return None
 
     # httptools callbacks
 
