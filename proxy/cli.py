@@ -17,6 +17,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", "-c", default=os.environ.get("PROXY_CONFIG"), help="YAML file (or $PROXY_CONFIG)")
+    # set by the supervisor for each of its workers (`workers` > 1): which one, the supervisor's pid, and the
+    # pipe on which the worker says it is ready
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate configuration files and print every problem")
     check.add_argument("files", nargs="+")
     demo = sub.add_parser("demo", help="run the proxy with an embedded 3scale emulator and echo upstream")
@@ -28,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return check_config(args.files)
     if args.command == "serve":
+        if args.worker_index is not None:
+            return _serve_worker(args.config, args.worker_index, args.worker_of, args.ready_fd)
         return _serve(args.config)
     from .demo import run_demo  # the demo pulls in the emulator; serve does not need it
 
@@ -49,14 +56,31 @@ def check_config(files: Sequence[str]) -> int:
 
 
 def _serve(config_path: str | None) -> int:
-    from .app import ProxyServer, run_until_signal
-    from .logs import setup_logging
+    from .workers import effective_workers, supervise
 
     try:
         settings = load_settings(config_path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    workers = effective_workers(settings)
+    if workers > 1:
+        return supervise(settings, config_path, workers)
+
+    from .app import ProxyServer, run_until_signal
+    from .logs import setup_logging
+
     setup_logging(settings.log.level)
     server = ProxyServer(settings)
     return asyncio.run(run_until_signal(server.start, server.stop))
+
+
+def _serve_worker(config_path: str | None, index: int, parent_pid: int | None, ready_fd: int | None) -> int:
+    from .workers import run_worker
+
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:  # the file changed since the supervisor read it
+        print(exc, file=sys.stderr)
+        return 1
+    return run_worker(settings, index, parent_pid, ready_fd)

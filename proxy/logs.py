@@ -14,6 +14,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from .redact import mask
@@ -22,10 +23,16 @@ __all__ = ["ACCESS_LOGGER", "JsonFormatter", "mask", "setup_logging"]
 
 ACCESS_LOGGER = "threescale_proxy.access"
 QUEUE_MAX = 100_000  # records waiting for the writer thread; past it new records are dropped, not awaited
+PIPE_BUF = 4096  # POSIX: a write of at most this many bytes to a pipe is never interleaved with another's
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; fields passed as `extra={"fields": {...}}` are merged in."""
+    """One JSON object per line; fields passed as `extra={"fields": {...}}` are merged in, after the
+    process's own `static` fields (a worker's `worker` and `pid`)."""
+
+    def __init__(self, static: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self._static = dict(static or {})
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -33,6 +40,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            **self._static,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -59,13 +67,25 @@ class _EnqueueHandler(logging.Handler):
 
 
 class _BatchWriter(threading.Thread):
-    """Formats records and writes all that are waiting in one write (one syscall per batch of lines)."""
+    """Formats records and writes all that are waiting in one write (one syscall per batch of lines).
 
-    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None], stream: TextIO) -> None:
+    With `shared` (several processes write to one stdout pipe: the workers of a supervisor) a batch goes out
+    in writes of whole lines of at most PIPE_BUF bytes, which the kernel never interleaves with another
+    process's writes, so no line is cut by another's.
+    """
+
+    def __init__(
+        self,
+        records: queue.SimpleQueue[logging.LogRecord | None],
+        stream: TextIO,
+        static: Mapping[str, Any] | None = None,
+        shared: bool = False,
+    ) -> None:
         super().__init__(name="log-writer", daemon=True)
         self._records = records
         self._stream = stream
-        self._formatter = JsonFormatter()
+        self._formatter = JsonFormatter(static)
+        self._shared = shared
 
     def run(self) -> None:
         records, formatter = self._records, self._formatter
@@ -86,8 +106,9 @@ class _BatchWriter(threading.Thread):
                         lines.append(json.dumps({"level": "error", "msg": "unformattable log record"}))
             if lines:
                 with contextlib.suppress(OSError, ValueError):
-                    self._stream.write("\n".join(lines) + "\n")
-                    self._stream.flush()
+                    for chunk in _pipe_sized(lines) if self._shared else ("\n".join(lines) + "\n",):
+                        self._stream.write(chunk)
+                        self._stream.flush()
             if stop:
                 return
 
@@ -96,16 +117,43 @@ class _BatchWriter(threading.Thread):
         self.join(timeout=5)
 
 
+def _pipe_sized(lines: list[str]) -> list[str]:
+    """Whole lines joined into chunks of at most PIPE_BUF bytes (a longer line is a chunk of its own)."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line.encode()) + 1
+        if current and size + n > PIPE_BUF:
+            chunks.append("\n".join(current) + "\n")
+            current, size = [], 0
+        current.append(line)
+        size += n
+    if current:
+        chunks.append("\n".join(current) + "\n")
+    return chunks
+
+
 _writer: _BatchWriter | None = None
 
 
-def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Route every logger through the JSON formatter on stdout (what ECS awslogs and kubectl read)."""
+def setup_logging(
+    level: str = "info",
+    stream: TextIO | None = None,
+    *,
+    fields: Mapping[str, Any] | None = None,
+    shared: bool = False,
+) -> None:
+    """Route every logger through the JSON formatter on stdout (what ECS awslogs and kubectl read).
+
+    `fields` go into every line (a worker's `worker` and `pid`); `shared`: other processes write to the same
+    stream, so lines are written in pipe-atomic chunks.
+    """
     global _writer
     if _writer is not None:
         _writer.stop()
     records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
-    _writer = _BatchWriter(records, stream or sys.stdout)
+    _writer = _BatchWriter(records, stream or sys.stdout, fields, shared)
     _writer.start()
     atexit.register(stop_logging)
     root = logging.getLogger()

@@ -1,17 +1,24 @@
 """Every Prometheus metric, defined once; the names are a contract that dashboards and alerts use.
 
 Each proxy owns a registry (not the global one) so several proxies can live in one test process.
+
+With `workers: N` the supervisor sets PROMETHEUS_MULTIPROC_DIR for its children before they start (so before
+prometheus_client is imported: it picks its value store at import). Each worker then keeps its values in files
+there, and /metrics, whichever worker answers it, is the aggregate of all of them (prometheus_client's
+MultiProcessCollector): counters and histograms summed, dead workers' counts included.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 T = TypeVar("T")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -21,6 +28,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._exposed = r
+        multiproc_dir = os.environ.get(MULTIPROC_ENV)
+        if multiproc_dir:  # one worker of several: /metrics shows what all of them counted
+            self._exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._exposed, path=multiproc_dir)  # type: ignore[no-untyped-call]
         self.requests = Counter(
             "threescale_proxy_requests",
             "Requests answered, by service, method, status and API Gateway stage.",
@@ -62,6 +74,9 @@ class Metrics:
             "threescale_proxy_usage_pending",
             "Usage entries counted but not yet reported to 3scale.",
             registry=r,
+            # each worker sets its memory plus the shared Redis buffer: summing would count the buffer N times;
+            # the largest live value is the buffer plus the fullest worker's memory (ignored with one process)
+            multiprocess_mode="livemax",
         )
         self.reports = Counter(
             "threescale_proxy_reports",
@@ -89,8 +104,8 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        """The text exposition format for /metrics."""
-        return generate_latest(self.registry)
+        """The text exposition format for /metrics (with workers: the aggregate of every worker)."""
+        return generate_latest(self._exposed)
 
 
 async def observe_backend(metrics: Metrics, endpoint: str, call: Awaitable[T], status_of: Callable[[T], int]) -> T:

@@ -53,3 +53,32 @@ def test_records_are_formatted_and_written_by_another_thread(json_logging, monke
 def test_masks_and_scrubs_never_show_a_usable_secret():
     assert mask("short") == "…" and mask(None) is None
     assert scrub_reason('user key "valid-key-0123456789" is invalid') == "user key is invalid"
+
+
+def test_a_worker_s_lines_carry_its_fields_and_go_out_in_pipe_atomic_writes():
+    from proxy import logs
+
+    class Recorder(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+
+        def write(self, s: str) -> int:
+            self.writes.append(s)
+            return super().write(s)
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    out = Recorder()
+    try:
+        logs.setup_logging("info", out, fields={"worker": 1, "pid": 4242}, shared=True)
+        log = logging.getLogger("threescale_proxy.access")
+        for i in range(300):
+            log.info("request", extra={"fields": {"path": f"/v1/{i}", "pad": "é" * 50}})
+        stop_logging()
+    finally:
+        root.handlers[:], root.level = saved, level
+    entries = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(entries) == 300 and {(e["worker"], e["pid"]) for e in entries} == {(1, 4242)}
+    assert all(len(w.encode()) <= logs.PIPE_BUF and w.endswith("\n") for w in out.writes)
+    assert len(out.writes) > 1
