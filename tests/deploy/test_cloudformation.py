@@ -7,6 +7,7 @@ exist, the API Gateway header mapping the proxy reads, and a config the proxy it
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -373,6 +374,14 @@ def test_ecs_proxy_config_is_accepted_by_the_proxy(templates: dict[str, dict[str
     assert service.id == "2555417777820"
     assert service.token == "service-token-from-secrets-manager"
     assert service.upstream == "http://127.0.0.1:3000"  # AppPort's default
+    assert config.workers == 1  # ProxyWorkers' default: the task's CPU is shared with the app
+
+
+def test_ecs_proxy_workers_left_empty_mean_one_per_cpu(templates: dict[str, dict[str, Any]]) -> None:
+    ecs = copy.deepcopy(templates["ecs"])
+    ecs["Parameters"]["ProxyWorkers"]["Default"] = ""
+    assert proxy_config(ecs).workers is None  # the proxy's own default: the CPUs the container may use
+    assert re.fullmatch(ecs["Parameters"]["ProxyWorkers"]["AllowedPattern"], "")
 
 
 def proxy_config(ecs: dict[str, Any]) -> Any:

@@ -509,6 +509,20 @@ def test_redis_url_and_secret(helm: str) -> None:
     assert set(one(docs, "Secret")["data"]) == {"ORDERS_TOKEN", "BILLING_TOKEN"}
 
 
+@pytest.mark.parametrize(
+    ("args", "workers"),
+    [
+        ((), 1),  # no CPU limit: one worker, not one per CPU of the node
+        (("--set", "resources.limits.cpu=1500m"), None),  # the proxy counts the limit's CPUs itself (2)
+        (("--set", "config.workers=3"), 3),
+        (("--set", "config.workers=3", "--set", "resources.limits.cpu=1"), 3),
+    ],
+)
+def test_workers_follow_the_cpu_limit_unless_set(helm: str, args: tuple[str, ...], workers: int | None) -> None:
+    config = yaml.safe_load(one(render(helm, *args), "ConfigMap")["data"]["proxy.yaml"])
+    assert config.get("workers") == workers
+
+
 def test_secret_keys_missing_from_the_pod_make_check_config_fail(helm: str, tmp_path: Path) -> None:
     """The check above can fail: a config referencing a variable nobody provides is refused."""
     docs = render(

@@ -101,6 +101,11 @@ defaults filled in by the chart.
 {{- $_ := set $cfg "listen" (printf "0.0.0.0:%d" (int .Values.ports.http)) }}
 {{- $_ = set $cfg "metrics_listen" (printf "0.0.0.0:%d" (int .Values.ports.metrics)) }}
 {{- $_ = set $cfg "redis_url" (include "threescale-proxy.redisUrl" .) }}
+{{- /* workers unset: the proxy runs one per CPU of its cgroup limit; without a CPU limit that would be every
+CPU of the node, each worker with its own memory, so the chart pins one */}}
+{{- if and (not (hasKey $cfg "workers")) (not (dig "limits" "cpu" "" (.Values.resources | default dict))) }}
+{{- $_ = set $cfg "workers" 1 }}
+{{- end }}
 {{- $upstream := .Values.upstream.url }}
 {{- if and (not $upstream) (eq .Values.mode "sidecar") }}
 {{- $upstream = printf "http://127.0.0.1:%d" (int .Values.sidecar.appPort) }}
