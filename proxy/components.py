@@ -13,6 +13,7 @@ from .authorizer import Authorizer
 from .clock import Clock, system_clock
 from .config import ServiceSettings, Settings
 from .health import Health
+from .http.client import H1Transport
 from .limits import Limiter
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -40,6 +41,13 @@ class Components:
     reporter: Reporter
     transport: Transport
     pipeline: Pipeline
+
+
+def _transport(settings: Settings) -> Transport:
+    """The upstream HTTP client settings.upstream names, with its keep-alive pool per origin."""
+    upstream = settings.upstream
+    kind = H1Transport if upstream.transport == "h1" else AiohttpTransport
+    return kind(pool_size=upstream.pool_size, keepalive_timeout=upstream.keepalive_timeout)
 
 
 def build(settings: Settings, *, clock: Clock = system_clock, transport: Transport | None = None) -> Components:
@@ -82,7 +90,7 @@ def build(settings: Settings, *, clock: Clock = system_clock, transport: Transpo
         in_memory=usage.in_memory,
         clock=clock,
     )
-    transport = transport or AiohttpTransport()
+    transport = transport or _transport(settings)
     pipeline = Pipeline(
         settings.services,
         authorizer,

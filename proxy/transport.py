@@ -133,7 +133,7 @@ class AiohttpTransport:
             session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,  # pass Content-Encoding through unchanged
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),  # send only what we got
                 timeout=aiohttp.ClientTimeout(total=None),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
