@@ -103,11 +103,19 @@ class _Response:
         """Until the connection has news (True) or the deadline passes (False)."""
         waiter: asyncio.Future[bool] = self._loop.create_future()
         self._waiter = waiter
-        timer = self._loop.call_at(deadline, _expire, waiter)
+        conn = self._conn
+        if conn is None:  # nothing more can come (a finished or failed exchange): the deadline alone
+            timer = self._loop.call_at(deadline, _expire, waiter)
+            try:
+                return await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        conn._arm(deadline, waiter)
         try:
             return await waiter
         finally:
-            timer.cancel()
+            conn._timed = None
             self._waiter = None
 
     def _abort(self) -> None:
@@ -172,6 +180,7 @@ class _Connection(asyncio.Protocol):
     """One upstream socket: idle in its pool, or carrying one exchange (`_response`)."""
 
     __slots__ = (
+        "_deadline",
         "_drain_waiter",
         "_forgotten",
         "_idle",
@@ -181,6 +190,8 @@ class _Connection(asyncio.Protocol):
         "_pool",
         "_read_paused",
         "_response",
+        "_timed",
+        "_timer",
         "_transport",
         "_uploading",
         "_write_paused",
@@ -203,6 +214,11 @@ class _Connection(asyncio.Protocol):
         self._forgotten = False
         self.lost = False  # closed, closing or aborted: never handed out again
         self.idle_since = 0.0
+        # One timer per connection, re-armed only when it fires early: no timer per request (most answers
+        # come long before their deadline, and a cancelled timer still costs a heap push).
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed: asyncio.Future[bool] | None = None
+        self._deadline = 0.0
 
     # asyncio.Protocol
 
@@ -366,8 +382,34 @@ class _Connection(asyncio.Protocol):
             finally:
                 self._drain_waiter = None
 
+    def _arm(self, deadline: float, waiter: asyncio.Future[bool]) -> None:
+        """`waiter` gets False at `deadline` unless woken before."""
+        self._timed = waiter
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._timed
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms it again
+        if self._deadline - self._loop.time() <= 0.001:  # the loop runs timers up to its clock resolution early
+            waiter.set_result(False)
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _forget(self) -> None:
         """Out of the pool's count, once: its place can go to a new connection."""
+        self._disarm()
         if not self._forgotten:
             self._forgotten = True
             self._pool._forget(self)
@@ -530,6 +572,11 @@ class _Pool:
 
 def _split(url: str) -> tuple[str, str]:
     """`http://host:port/path?query` → the origin and the request target, both as given."""
+    slash = url.find("/", 8)  # past "http://" and the host's first character
+    if slash > 0 and "#" not in url:
+        origin = url[:slash]
+        if "?" not in origin:
+            return origin, url[slash:]
     start = url.find("://") + 3
     end = len(url)
     for mark in "/?#":
@@ -732,14 +779,12 @@ def _head(
     """The request line and headers, and how the body is framed (with its declared length)."""
     if " " in target:
         raise UpstreamRefused("the request target contains a space")
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    if "Host" not in headers:
-        lines.append(host_line)
-    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+    host = "" if "Host" in headers else host_line
+    extra = ""  # the body's framing
     framing, length = _NONE, 0
     if not has_body:
         if method not in _GET_METHODS and "Content-Length" not in headers and "Transfer-Encoding" not in headers:
-            lines.append("Content-Length: 0\r\n")
+            extra = "Content-Length: 0\r\n"
     elif "Content-Length" in headers:
         declared = headers["Content-Length"].strip()
         if not declared.isdigit():
@@ -748,10 +793,12 @@ def _head(
     else:
         framing = _CHUNKED
         if "Transfer-Encoding" not in headers:
-            lines.append("Transfer-Encoding: chunked\r\n")
-    lines.append("\r\n")
-    text = "".join(lines)
-    count = len(lines)
+            extra = "Transfer-Encoding: chunked\r\n"
+    fields = "\r\n".join(map(": ".join, headers.items()))
+    if fields:
+        fields += "\r\n"
+    text = f"{method} {target} HTTP/1.1\r\n{host}{fields}{extra}\r\n"
+    count = 2 + len(headers) + (1 if host else 0) + (1 if extra else 0)  # request line, fields, blank line
     if text.count("\n") != count or text.count("\r") != count:
         raise UpstreamRefused("a request header contains a line break")
     try:
