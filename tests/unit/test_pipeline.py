@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import aiohttp
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import components
