@@ -17,7 +17,7 @@ from collections import Counter
 import aiohttp
 from aiohttp import web
 
-from bench.run import free_port
+from bench.targets import free_port
 from proxy.app import ProxyServer
 from proxy.config import settings_from_dict
 from proxy.emulator import Emulator
