@@ -1,10 +1,11 @@
 # The two commands of the README: `make demo` runs the proxy on embedded defaults,
 # `make test` runs the whole suite on a fresh Debian/Ubuntu machine with Python 3.11.
+# `make bench` / `make profile` load it with wrk against nginx and haproxy (README, Performance).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit integration e2e clean
+.PHONY: demo test lint unit integration e2e bench profile clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is required")'
@@ -44,6 +45,20 @@ unit integration: $(VENV)/.test-installed
 # End to end through API Gateway: LocalStack (its own Python 3.13 venv) in front of the proxy.
 e2e: $(VENV)/.test-installed
 	scripts/e2e-apigw.sh
+
+# A venv with the test extras has everything the benchmark needs too: don't reinstall over it.
+RUN_READY := $(if $(wildcard $(VENV)/.test-installed),$(VENV)/.test-installed,$(VENV)/.run-installed)
+BENCH_ARGS ?=
+PROFILE_ARGS ?=
+
+bench: $(RUN_READY)
+	@scripts/bench-deps.sh
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+profile: $(RUN_READY)
+	@scripts/bench-deps.sh
+	@test -x $(BIN)/py-spy || $(BIN)/python -m pip install -q py-spy
+	$(BIN)/python -m bench.profile $(PROFILE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
