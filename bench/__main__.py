@@ -223,6 +223,7 @@ class Bench:
         self.script_dir = work / "lua"
         self.script_dir.mkdir()
         self.started = datetime.now(UTC)
+        self.git = git_info(targets.REPO)  # at the start: others may commit while it runs
 
     # ------------------------------------------------------------------------------------- which runs
 
@@ -492,7 +493,7 @@ class Bench:
             flush=True,
         )
 
-    def wait_quiet(self, limit: float = 0.15, timeout: float = 20.0) -> float:
+    def wait_quiet(self, limit: float = 0.15, timeout: float = 10.0) -> float:
         """Until the machine is idle between runs (busy < `limit` of a core over 0.3 s; our idle servers
         use next to nothing), at most `timeout` seconds. Returns the last busy figure."""
         deadline = time.monotonic() + timeout
@@ -539,7 +540,7 @@ class Bench:
             "schema": 1,
             "started": self.started.isoformat(timespec="seconds"),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            "git": git_info(targets.REPO),
+            "git": self.git,
             "machine": machine_info(),
             "options": {
                 "rounds": self.args.rounds,
