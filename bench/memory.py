@@ -9,7 +9,10 @@ configuration runs in a fresh process so one does not inherit another's heap. Wi
 per store lists the allocations still live at the end, by source line (tracemalloc).
 
 Run: `python -m bench.memory [--keys 100000] [--limits 2] [--store memory:// [redis://127.0.0.1:6379/15]]
-[--invalid] [--trace] [--limit-mib 256]`. A redis:// store is flushed first (use a database of its own).
+[--invalid] [--trace] [--limit-mib 256] [--hold-all] [--target-mib 150]`. A redis:// store is flushed first
+(use a database of its own). `--hold-all` raises the bounds (cache.local_max_entries, report.max_pending_memory)
+to the number of keys so every key is really held; the default bounds forget the least recent beyond them.
+Issue 8's target: `--keys 100000 --hold-all --target-mib 150 --store memory:// redis://127.0.0.1:6379/15`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from unittest import mock
 
 from proxy import components
 from proxy.config import settings_from_dict
+from proxy.store import MemoryStore
 from proxy.threescale.client import ThreescaleClient
 from proxy.threescale.models import AppCredentials, AuthStatus
 from proxy.threescale.xml import parse_auth_response
@@ -75,6 +79,7 @@ class InProcess3scale(ThreescaleClient):
             body = '<?xml version="1.0" encoding="UTF-8"?><error code="user_key_invalid">user key is invalid</error>'
             return parse_auth_response(body, 403, {})
         moment = datetime.fromtimestamp(self.now, UTC)
+        index = int(credentials.user_key or "0", 16)
         reports = []
         for n, period in enumerate(PERIODS[: self.limits]):
             start = moment - timedelta(seconds=self.now % LENGTH[period])  # near enough: a window containing now
@@ -83,8 +88,8 @@ class InProcess3scale(ThreescaleClient):
                 f'<usage_report metric="hits" period="{period}">'
                 f"<period_start>{start:%Y-%m-%d %H:%M:%S} +0000</period_start>"
                 f"<period_end>{end:%Y-%m-%d %H:%M:%S} +0000</period_end>"
-                f"<max_value>{1000 * 10**n}</max_value><current_value>{len(credentials.user_key or '') + n}"
-                "</current_value></usage_report>"
+                f"<max_value>{1000 * 10**n}</max_value>"  # apps spread over the first half of the limit:
+                f"<current_value>{index % (500 * 10**n)}</current_value></usage_report>"  # few share a value
             )
         hierarchy = "".join('<metric name="hits" children=""/>' for _ in reports)
         body = (
@@ -94,7 +99,19 @@ class InProcess3scale(ThreescaleClient):
         return parse_auth_response(body, 200, {})
 
 
-async def measure(keys: int, limits: int, store_url: str, invalid: bool, trace: bool) -> dict[str, Any]:
+def bounds(keys: int, invalid: bool) -> dict[str, Any]:
+    """Cache bounds that hold every one of `keys` keys: the segment they go to (positive, or negative for
+    invalid keys), the limiter's plans and memory://'s shared copies (both sized by local_max_entries), and
+    the usage waiting in memory (report.max_pending_memory)."""
+    other = max(1, keys // 10)  # the segment these keys do not go to keeps its default share
+    negative = keys if invalid else other
+    return {
+        "cache": {"local_max_entries": keys + (other if invalid else negative), "local_max_negative": negative},
+        "report": {"max_pending_memory": keys},
+    }
+
+
+async def measure(keys: int, limits: int, store_url: str, invalid: bool, trace: bool, hold_all: bool) -> dict[str, Any]:
     """Run one configuration in this process; returns RSS per phase (bytes) and, traced, the top lines."""
     now = time.time()
     settings = settings_from_dict(
@@ -103,6 +120,7 @@ async def measure(keys: int, limits: int, store_url: str, invalid: bool, trace: 
             "threescale": {"backend_url": "http://127.0.0.1:9"},
             "log": {"access_log": False, "level": "warning"},
             "services": [{"id": SERVICE_ID, "token": TOKEN, "upstream": "http://127.0.0.1:9"}],
+            **(bounds(keys, invalid) if hold_all else {}),
         },
         env={},
     )
@@ -120,28 +138,36 @@ async def measure(keys: int, limits: int, store_url: str, invalid: bool, trace: 
         gc.collect()
         phases.append((name, rss_bytes()))
 
+    # A key's first request carries one credentials object through every step, as the pipeline does: what
+    # the authorizer, the limiter and the usage aggregate keep of it is that one object (slots made up front).
+    first_request: list[AppCredentials | None] = [None] * keys
     if trace:
         tracemalloc.start()
     phase("built, no keys")
 
-    async def authorize(i: int) -> Any:
-        return (await parts.authorizer.authorize(service, AppCredentials(user_key=user_key(i)))).decision
+    async def authorize(i: int, credentials: AppCredentials) -> Any:
+        return (await parts.authorizer.authorize(service, credentials)).decision
+
+    def credentials_of(i: int) -> AppCredentials:
+        credentials = first_request[i] = AppCredentials(user_key=user_key(i))
+        return credentials
 
     for first in range(0, keys, CHUNK):
-        await asyncio.gather(*(authorize(i) for i in range(first, min(first + CHUNK, keys))))
+        await asyncio.gather(*(authorize(i, credentials_of(i)) for i in range(first, min(first + CHUNK, keys))))
     phase("authorized (L1 + shared copy)" if store_url.startswith("memory") else "authorized (L1)")
     if not invalid:
         for first in range(0, keys, CHUNK):
             for i in range(first, min(first + CHUNK, keys)):
-                decision = await authorize(i)  # a local hit, as every later request is
-                result = await parts.limiter.check(
-                    SERVICE_ID, AppCredentials(user_key=user_key(i)), decision, {"hits": 1}
-                )
+                credentials = first_request[i]
+                assert credentials is not None
+                decision = await authorize(i, AppCredentials(user_key=user_key(i)))  # a local hit (a later request)
+                result = await parts.limiter.check(SERVICE_ID, credentials, decision, {"hits": 1})
                 assert result.allowed
             await parts.limiter.settle()  # the flush loop runs every flush_to_redis_ms meanwhile
         phase("limits (plans, windows, counters)")
-        for i in range(keys):
-            parts.usage.add(SERVICE_ID, AppCredentials(user_key=user_key(i)), {"hits": 1}, now)
+        for credentials in first_request:
+            assert credentials is not None
+            parts.usage.add(SERVICE_ID, credentials, {"hits": 1}, now)
         phase("usage counted (aggregate)")
         await parts.usage.flush()
         phase("usage flushed (to the store)")
@@ -154,7 +180,14 @@ async def measure(keys: int, limits: int, store_url: str, invalid: bool, trace: 
             ]
         )
         tracemalloc.stop()
-        top = [(str(s.traceback[0]), s.size, s.count) for s in snapshot.statistics("lineno")[:25]]
+        top = [(str(s.traceback[0]), s.size, s.count) for s in snapshot.statistics("lineno")[:40]]
+    held = {
+        "decisions": len(parts.authorizer._local),  # a bench may look inside
+        "plans": len(parts.limiter._plans),
+        "windows": len(parts.limiter._ledger),
+    }
+    if isinstance(parts.store, MemoryStore):
+        held["store entries"] = len(parts.store)
     await parts.client.close()
     await parts.store.close()
     return {
@@ -164,8 +197,10 @@ async def measure(keys: int, limits: int, store_url: str, invalid: bool, trace: 
         "invalid": invalid,
         "settings": {
             "cache.local_max_entries": settings.cache.local_max_entries,
+            "cache.local_max_negative": settings.cache.negative_entries,
             "report.max_pending_memory": settings.report.max_pending_memory,
         },
+        "held": held,
         "phases": phases,
         "top": top,
     }
@@ -175,6 +210,7 @@ def run_child(args: argparse.Namespace, store: str, keys: int, trace: bool) -> d
     """One configuration in a fresh interpreter (the parent's heap would hide what this one needs)."""
     command = [sys.executable, "-m", "bench.memory", "--child", "--store", store, "--keys", str(keys)]
     command += ["--limits", str(args.limits)] + (["--invalid"] if args.invalid else []) + (["--trace"] if trace else [])
+    command += ["--hold-all"] if args.hold_all else []
     done = subprocess.run(
         command, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONHASHSEED": "0"}
     )
@@ -184,7 +220,7 @@ def run_child(args: argparse.Namespace, store: str, keys: int, trace: bool) -> d
     return result
 
 
-def print_result(result: dict[str, Any], limit_mib: float) -> None:
+def print_result(result: dict[str, Any], limit_mib: float, target_mib: float | None) -> None:
     keys, phases = result["keys"], result["phases"]
     kind = "invalid keys (negative cache)" if result["invalid"] else f"valid keys, {result['limits']} limits each"
     print(f"\n{result['store']}  {keys:,} {kind}  ({', '.join(f'{k} {v:,}' for k, v in result['settings'].items())})")
@@ -197,8 +233,15 @@ def print_result(result: dict[str, Any], limit_mib: float) -> None:
             f" {(rss - base) / keys if keys else 0:10.0f}"
         )
         previous = rss
+    print(f"  held at the end: {', '.join(f'{k} {v:,}' for k, v in result['held'].items())}")
     peak = max(rss for _, rss in phases)
     print(f"  peak {peak / 2**20:.1f} MiB = {100 * peak / (limit_mib * 2**20):.0f}% of the {limit_mib:g} MiB limit")
+    if target_mib is not None:
+        idle, verdict = phases[0][1], "within" if peak <= target_mib * 2**20 else "OVER"
+        print(
+            f"  target: peak {peak / 2**20:.1f} MiB {verdict} {target_mib:g} MiB"
+            f" ({(peak - idle) / keys if keys else 0:,.0f} B/key above {idle / 2**20:.1f} MiB idle)"
+        )
     if result["top"]:
         print(f"  live allocations at the end (tracemalloc), top {len(result['top'])}:")
         for where, size, count in result["top"]:
@@ -213,16 +256,24 @@ def main() -> int:
     parser.add_argument("--invalid", action="store_true", help="every key is rejected (the negative cache)")
     parser.add_argument("--trace", action="store_true", help="also list live allocations by source line")
     parser.add_argument("--limit-mib", type=float, default=256, help="the container memory limit to compare with")
+    parser.add_argument(
+        "--hold-all",
+        action="store_true",
+        help="raise cache.local_max_entries (with local_max_negative) and report.max_pending_memory to the number"
+        " of keys, so every key is really held (decision, plan, windows, shared copy, usage)",
+    )
+    parser.add_argument("--target-mib", type=float, default=None, help="a peak RSS target to report against")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(asyncio.run(measure(args.keys[0], args.limits, args.store[0], args.invalid, args.trace))))
+        result = measure(args.keys[0], args.limits, args.store[0], args.invalid, args.trace, args.hold_all)
+        print(json.dumps(asyncio.run(result)))
         return 0
     for store in args.store:
         for keys in args.keys:
-            print_result(run_child(args, store, keys, trace=False), args.limit_mib)
+            print_result(run_child(args, store, keys, trace=False), args.limit_mib, args.target_mib)
         if args.trace:
-            print_result(run_child(args, store, max(args.keys), trace=True), args.limit_mib)
+            print_result(run_child(args, store, max(args.keys), trace=True), args.limit_mib, args.target_mib)
     return 0
 
 

@@ -16,7 +16,14 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from .config import CacheSettings, ServiceSettings
-from .decisions import BACKEND_UNAVAILABLE, SERVICE_CONFIG_CODES, AuthDecision
+from .decisions import (
+    BACKEND_UNAVAILABLE,
+    SERVICE_CONFIG_CODES,
+    AuthDecision,
+    shared_hierarchy,
+    shared_reports,
+    shared_text,
+)
 from .lru import SplitLRU
 from .metrics import Metrics, observe_backend
 from .redact import scrub_reason
@@ -205,9 +212,9 @@ class Authorizer:
                 allowed=True,
                 fresh_until=now + s.ttl,
                 stale_until=now + s.ttl + stale_for,
-                plan=status.plan,
-                usage_reports=status.usage_reports,
-                hierarchy=dict(status.hierarchy),
+                plan=shared_text(status.plan),
+                usage_reports=shared_reports(status.usage_reports),
+                hierarchy=shared_hierarchy(status.hierarchy),
             )
         ttl = s.negative_ttl
         if status.code == "limits_exceeded":
@@ -216,11 +223,11 @@ class Authorizer:
             allowed=False,
             fresh_until=now + ttl,
             stale_until=now + ttl,
-            code=status.code or "authorization_failed",
-            reason=scrub_reason(status.reason),
-            plan=status.plan,
-            usage_reports=status.usage_reports,
-            hierarchy=dict(status.hierarchy),
+            code=shared_text(status.code or "authorization_failed"),
+            reason=shared_text(scrub_reason(status.reason)),
+            plan=shared_text(status.plan),
+            usage_reports=shared_reports(status.usage_reports),
+            hierarchy=shared_hierarchy(status.hierarchy),
         )
 
     # ---------------------------------------------------------------------------------------- storage
@@ -231,14 +238,10 @@ class Authorizer:
 
     async def _read_shared(self, service: ServiceSettings, key: str) -> AuthDecision | None:
         try:
-            raw = await self._store.get(key)
+            return await self._store.get_decision(key)
         except StoreUnavailable:
             self._metrics.errors.labels("redis").inc()
             return None
-        if raw is None:
-            return None
-        try:
-            return AuthDecision.from_json(raw)
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring an unreadable cache entry", extra={"fields": {"service": service.id}})
             return None
@@ -248,7 +251,7 @@ class Authorizer:
         if ttl <= 0:
             return
         try:
-            await self._store.set(key, decision.to_json(), ttl)
+            await self._store.set_decision(key, decision, ttl)
         except StoreUnavailable:
             self._metrics.errors.labels("redis").inc()
 

@@ -30,21 +30,50 @@ class UsageKey:
         return AppCredentials(user_key=self.app) if self.kind == "user_key" else AppCredentials(app_id=self.app)
 
 
-class UsageAggregate:
-    """Sums `{metric: delta}` per UsageKey; cheap enough for the hot path (one dict update per metric)."""
+class _Counts:
+    """One entry's sums: the first metric counted inline (most requests count one), any others in a dict."""
+
+    __slots__ = ("count", "metric", "more")
 
     def __init__(self) -> None:
-        self._counts: dict[UsageKey, dict[str, int]] = {}
+        self.metric: str | None = None
+        self.count = 0
+        self.more: dict[str, int] | None = None
+
+    def add(self, metric: str, delta: int) -> None:
+        if metric == self.metric:
+            self.count += delta
+        elif self.metric is None:
+            self.metric, self.count = metric, delta
+        elif self.more is None:
+            self.more = {metric: delta}
+        else:
+            self.more[metric] = self.more.get(metric, 0) + delta
+
+    def as_dict(self) -> dict[str, int]:
+        if self.metric is None:
+            return {}
+        counts = {self.metric: self.count}
+        if self.more:
+            counts.update(self.more)
+        return counts
+
+
+class UsageAggregate:
+    """Sums `{metric: delta}` per UsageKey; cheap enough for the hot path (one update per metric)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[UsageKey, _Counts] = {}
 
     def add(self, service_id: str, credentials: AppCredentials, usage: Mapping[str, int], now: float) -> None:
         """Count one allowed request's usage; zero deltas are not kept (3scale drops them anyway)."""
         key = self._key(service_id, credentials, now)
         counts = self._counts.get(key)
         if counts is None:
-            counts = self._counts[key] = {}
+            counts = self._counts[key] = _Counts()
         for metric, delta in usage.items():
             if delta:
-                counts[metric] = counts.get(metric, 0) + delta
+                counts.add(metric, delta)
 
     def has(self, service_id: str, credentials: AppCredentials, now: float) -> bool:
         """Whether this application already has an entry for the current minute."""
@@ -59,7 +88,7 @@ class UsageAggregate:
     def drain(self) -> dict[UsageKey, dict[str, int]]:
         """Take everything counted so far, leaving the aggregate empty."""
         counts, self._counts = self._counts, {}
-        return {k: v for k, v in counts.items() if v}
+        return {k: v.as_dict() for k, v in counts.items() if v.metric is not None}
 
     def __len__(self) -> int:
         return len(self._counts)

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ..decisions import AuthDecision
 from ..lru import LRU
@@ -36,10 +37,19 @@ MAX_PLANS = 100_000  # applications whose limit windows are kept computed; the l
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
+    """An application's limit windows, one per report of its decision: the counter keys are the application's
+    own; the window spans and the parent map are shared by every plan that has the same ones."""
+
     decision: AuthDecision
     valid_until: float  # the earliest window end: then windows and keys are computed again
-    windows: list[tuple[UsageReport, str, float, float, int]]  # report, key, start, end, base
-    parent_of: dict[str, str]
+    keys: tuple[str, ...]  # each window's shared counter
+    spans: tuple[tuple[float, float], ...]  # each window's (start, end)
+    synced: int  # bit i: 3scale's count in report i is this window's (its base); else the window starts at 0
+    parent_of: Mapping[str, str]
+
+
+NO_PARENTS: Mapping[str, str] = MappingProxyType({})
+SHARED_MAX = 1024  # distinct window spans and parent maps kept for sharing; then the table starts afresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +92,9 @@ class Limiter:
         self._reservations: set[asyncio.Task[tuple[int, bool] | None]] = set()
         self._closing = False
         self._plans: LRU[tuple[str, AppCredentials], _Plan] = LRU(max(1, max_plans))
+        self._spans: dict[str, tuple[float, float]] = {}  # period → its current window, one tuple for all plans
+        self._span_sets: dict[tuple[tuple[float, float], ...], tuple[tuple[float, float], ...]] = {}
+        self._parents: dict[tuple[tuple[str, tuple[str, ...]], ...], Mapping[str, str]] = {}  # hierarchy → parents
         self._settling = asyncio.Lock()
 
     async def check(
@@ -157,25 +170,68 @@ class Limiter:
             plan = self._plan(service_id, credentials, decision, now)
         expanded = expand_usage(usage, plan.parent_of) if plan.parent_of else usage
         claims = []
-        for report, key, start, end, base in plan.windows:
+        synced = plan.synced
+        for report, key, (start, end) in zip(plan.decision.usage_reports, plan.keys, plan.spans, strict=True):
             need = expanded.get(report.metric, 0)
             if need > 0:
+                base = report.current_value if synced & 1 else 0
                 claims.append(Claim(service_id, key, report, need, base, start, end))
+            synced >>= 1
         return claims
 
     def _plan(self, service_id: str, credentials: AppCredentials, decision: AuthDecision, now: float) -> _Plan:
         """An application's limit windows and their counter keys, computed once per decision and window."""
         digest = app_digest(service_id, credentials)
-        windows = []
-        for report in decision.usage_reports:
-            start, end = window(report.period, now)
-            base = base_value(report, start)  # a new window starts empty
-            windows.append(
-                (report, limit_key(service_id, digest, report.metric, report.period, start), start, end, base)
-            )
-        plan = _Plan(decision, min((w[3] for w in windows), default=math.inf), windows, parent_map(decision.hierarchy))
+        reports = decision.usage_reports
+        spans = self._shared_spans(tuple(self._span(report.period, now) for report in reports))
+        synced = 0
+        for i, (r, (start, _)) in enumerate(zip(reports, spans, strict=True)):
+            if base_value(r, start):  # 3scale's value if its answer was about this window, else 0 (a new one)
+                synced |= 1 << i
+        plan = _Plan(
+            decision,
+            min((end for _, end in spans), default=math.inf),
+            tuple(
+                limit_key(service_id, digest, r.metric, r.period, start)
+                for r, (start, _) in zip(reports, spans, strict=True)
+            ),
+            spans,
+            synced,
+            self._parent_map(decision.hierarchy),
+        )
         self._plans.put((service_id, credentials), plan)
         return plan
+
+    def _span(self, period: str, now: float) -> tuple[float, float]:
+        """The window of `period` containing `now`: the same tuple for every plan until that window ends."""
+        span = self._spans.get(period)
+        if span is None or not span[0] <= now < span[1]:
+            span = window(period, now)
+            if len(self._spans) >= SHARED_MAX:
+                self._spans.clear()
+            self._spans[period] = span
+        return span
+
+    def _shared_spans(self, spans: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        """One tuple for every plan with the same windows."""
+        kept = self._span_sets.get(spans)
+        if kept is None:
+            if len(self._span_sets) >= SHARED_MAX:
+                self._span_sets.clear()
+            kept = self._span_sets[spans] = spans
+        return kept
+
+    def _parent_map(self, hierarchy: Mapping[str, tuple[str, ...]]) -> Mapping[str, str]:
+        """child → parent, one map for every plan with the same hierarchy."""
+        if not hierarchy:
+            return NO_PARENTS
+        items = tuple(hierarchy.items())
+        parents = self._parents.get(items)
+        if parents is None:
+            if len(self._parents) >= SHARED_MAX:
+                self._parents.clear()
+            parents = self._parents[items] = MappingProxyType(parent_map(hierarchy))
+        return parents
 
     async def _reserve(self, claims: list[Claim]) -> tuple[int, bool] | None:
         """Reserve what the local allowances lack; None when granted, else (denied claim, others hold some)."""

@@ -9,11 +9,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..decisions import AuthDecision
 from ..threescale.models import AppCredentials
 
 KEY_PREFIX = "tsp"
 DEAD_LETTER_MAX = 1000
 DEDUP_TTL = 900  # seconds a flush id is remembered, so a flush retried after an unknown outcome applies once
+DEFAULT_MAX_CONNECTIONS = 64  # one event loop rarely has more Redis calls in flight; see redis_max_connections
 MAX_BATCH_FIELDS = 500  # usage fields one batch takes from the pending buffer when the caller names no bound
 
 
@@ -150,6 +152,14 @@ class Store(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    async def get_decision(self, key: str) -> AuthDecision | None:
+        """A cached authorization at `key`; ValueError (or KeyError/TypeError) when the value is not one."""
+        ...
+
+    async def set_decision(self, key: str, decision: AuthDecision, ttl: float) -> None:
+        """Cache an authorization for `ttl` seconds (Redis holds its JSON; memory:// the object itself)."""
+        ...
 
     async def add_usage(self, service_id: str, flush_id: str, fields: dict[str, int]) -> None:
         """Add deltas to the pending usage, once per flush_id (a retry of the same flush is a no-op)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..decisions import AuthDecision
 from .base import DEAD_LETTER_MAX, MAX_BATCH_FIELDS, Batch, LimitClaim, Reservation, Settlement
 
 COUNTERS_PER_VALUE = 2  # limit counters kept per cached value (an app's windows: one or two periods)
@@ -21,16 +23,36 @@ class _Leased:
 
 @dataclass(slots=True)
 class _Counter:
+    """A limit counter while one call works on it; held packed (see _pack) in between."""
+
     used: int
     reserved: int
     expires: float
+
+
+_PACKED = struct.Struct("<qqd")  # used, reserved, expires: one 64-byte object per counter instead of four
+_Packed = bytes | tuple[int, int, float]  # the tuple for values beyond 64 bits
+
+
+def _pack(counter: _Counter) -> _Packed:
+    try:
+        return _PACKED.pack(counter.used, counter.reserved, counter.expires)
+    except struct.error:
+        return counter.used, counter.reserved, counter.expires
+
+
+def _unpack(packed: _Packed) -> _Counter:
+    used, reserved, expires = _PACKED.unpack(packed) if isinstance(packed, bytes) else packed
+    return _Counter(used, reserved, expires)
 
 
 class MemoryStore:
     """Same semantics as RedisStore (dedup, leases, all-or-nothing reservations, expiry), in dicts."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *, max_values: int = 100_000) -> None:
-        self._data: dict[str, tuple[bytes, float]] = {}  # oldest write first: evicted first when full
+        # Oldest write first: evicted first when full. A cached decision is held as the object itself (the one
+        # the authorizer's L1 holds too), not as a second copy in JSON, and lives until its stale_until.
+        self._data: dict[str, tuple[bytes, float] | AuthDecision] = {}
         self._max_values = max(1, max_values)
         self._max_counters = COUNTERS_PER_VALUE * self._max_values
         self._clock = clock
@@ -38,7 +60,7 @@ class MemoryStore:
         self._pending: dict[str, dict[str, int]] = {}
         self._batches: dict[str, dict[str, _Leased]] = {}
         self._dead: dict[str, list[str]] = {}
-        self._limits: dict[str, _Counter] = {}  # expire like Redis keys, or a long-running process only grows
+        self._limits: dict[str, _Packed] = {}  # expire like Redis keys, or a long-running process only grows
 
     def __len__(self) -> int:
         """Entries held (cached values and limit counters): what memory grows with."""
@@ -52,22 +74,38 @@ class MemoryStore:
     def shared(self) -> bool:
         return False
 
-    async def get(self, key: str) -> bytes | None:
+    def _value(self, key: str) -> bytes | AuthDecision | None:
         item = self._data.get(key)
         if item is None:
             return None
-        if item[1] <= self._clock():
+        if _expires(item) <= self._clock():
             del self._data[key]
             return None
-        return item[0]
+        return item if isinstance(item, AuthDecision) else item[0]
+
+    async def get(self, key: str) -> bytes | None:
+        value = self._value(key)
+        return value.to_json() if isinstance(value, AuthDecision) else value
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._put(key, (value, self._clock() + ttl))
+
+    def _put(self, key: str, item: tuple[bytes, float] | AuthDecision) -> None:
         """Like Redis with an LRU-on-write maxmemory policy: beyond `max_values` the oldest write goes."""
         self._data.pop(key, None)
-        self._data[key] = (value, self._clock() + ttl)
+        self._data[key] = item
         if len(self._data) > self._max_values:
             del self._data[next(iter(self._data))]
         self._wrote()
+
+    async def get_decision(self, key: str) -> AuthDecision | None:
+        value = self._value(key)
+        return AuthDecision.from_json(value) if isinstance(value, bytes) else value
+
+    async def set_decision(self, key: str, decision: AuthDecision, ttl: float) -> None:
+        """Held until `decision.stale_until` by this store's clock, the authorizer's (`ttl` is the time left
+        until then, which Redis is given)."""
+        self._put(key, decision)
 
     def _wrote(self) -> None:
         self._writes += 1
@@ -77,25 +115,41 @@ class MemoryStore:
     def sweep(self) -> None:
         """Drop every expired value and limit counter (Redis does this by itself)."""
         now = self._clock()
-        for k in [k for k, (_, exp) in self._data.items() if exp <= now]:
+        for k in [k for k, item in self._data.items() if _expires(item) <= now]:
             del self._data[k]
-        for k in [k for k, c in self._limits.items() if c.expires <= now]:
+        for k in [k for k, c in self._limits.items() if _unpack(c).expires <= now]:
             del self._limits[k]
 
-    def _counter(self, key: str, base: int, ttl: int, *, refresh: bool) -> _Counter:
+    def _counter(
+        self, key: str, base: int, ttl: int, *, refresh: bool, seen: dict[str, _Counter] | None = None
+    ) -> _Counter:
         """The live counter at `key`, created from `base` when missing or expired; `refresh` restarts its TTL
-        (as the Redis scripts do: a reservation sets it on creation only, a settlement every time)."""
+        (as the Redis scripts do: a reservation sets it on creation only, a settlement every time). Changes
+        to it are kept by _save; `seen` holds the counters one call has already taken (a key twice in a call
+        is the same counter)."""
         now = self._clock()
-        counter = self._limits.get(key)
+        counter = seen.get(key) if seen is not None else None
+        if counter is None:
+            packed = self._limits.get(key)
+            counter = _unpack(packed) if packed is not None else None
         if counter is None or counter.expires <= now:
             self._limits.pop(key, None)
-            counter = self._limits[key] = _Counter(base, 0, now + ttl)
+            counter = _Counter(base, 0, now + ttl)
+            self._limits[key] = _pack(counter)
             if len(self._limits) > self._max_counters:
                 self._evict_counter()
             self._wrote()
         elif refresh:
             counter.expires = now + ttl
+            self._save(key, counter)
+        if seen is not None:
+            seen[key] = counter
         return counter
+
+    def _save(self, key: str, counter: _Counter) -> None:
+        """Keep a counter's new values, unless it was evicted meanwhile (then they are lost with it)."""
+        if key in self._limits:
+            self._limits[key] = _pack(counter)
 
     async def add_usage(self, service_id: str, flush_id: str, fields: dict[str, int]) -> None:
         # In-process calls always complete, so unlike Redis no flush id needs remembering.
@@ -164,8 +218,9 @@ class MemoryStore:
     async def reserve(self, claims: list[LimitClaim], divisor: int) -> Reservation:
         free: list[int] = []
         counters: list[_Counter] = []
+        seen: dict[str, _Counter] = {}  # a key claimed twice is one counter
         for i, claim in enumerate(claims):
-            counter = self._counter(claim.key, claim.base, claim.ttl, refresh=False)
+            counter = self._counter(claim.key, claim.base, claim.ttl, refresh=False, seen=seen)
             available = claim.max - counter.used - counter.reserved
             if available < claim.need:
                 return Reservation(denied=i, used=counter.used, reserved=counter.reserved)
@@ -175,33 +230,41 @@ class MemoryStore:
         for claim, counter, available in zip(claims, counters, free, strict=True):
             grant = claim.need + (available - claim.need) // divisor
             counter.reserved += grant
+            self._save(claim.key, counter)
             granted.append(grant)
             after.append(available - grant)
         return Reservation(granted=tuple(granted), free_after=tuple(after))
 
     async def settle(self, service_id: str, flush_id: str, settlements: list[Settlement]) -> None:
+        seen: dict[str, _Counter] = {}
         for s in settlements:
-            counter = self._counter(s.key, 0, s.ttl, refresh=True)
+            counter = self._counter(s.key, 0, s.ttl, refresh=True, seen=seen)
             counter.used += s.used + s.extra
             counter.reserved = max(0, counter.reserved - s.used - s.release)
+            self._save(s.key, counter)
 
     async def raise_used(self, items: list[tuple[str, int, int]]) -> None:
+        seen: dict[str, _Counter] = {}
         for key, value, ttl in items:
-            counter = self._counter(key, value, ttl, refresh=True)
+            counter = self._counter(key, value, ttl, refresh=True, seen=seen)
             counter.used = max(counter.used, value)
+            self._save(key, counter)
 
     def _evict_counter(self) -> None:
         """Over the bound, like Redis under maxmemory: the oldest counter nobody holds a slice of goes (a
         later reservation seeds it again from 3scale's value)."""
-        for key, counter in self._limits.items():
-            if counter.reserved == 0:
+        for key, packed in self._limits.items():
+            if _unpack(packed).reserved == 0:
                 del self._limits[key]
                 return
 
     def limit_counter(self, key: str) -> tuple[int, int] | None:
         """(used, reserved) of a live limit counter (tests and diagnostics)."""
-        counter = self._limits.get(key)
-        if counter is None or counter.expires <= self._clock():
+        packed = self._limits.get(key)
+        if packed is None:
+            return None
+        counter = _unpack(packed)
+        if counter.expires <= self._clock():
             return None
         return counter.used, counter.reserved
 
@@ -211,3 +274,7 @@ class MemoryStore:
     async def close(self) -> None:
         self._data.clear()
         self._limits.clear()
+
+
+def _expires(item: tuple[bytes, float] | AuthDecision) -> float:
+    return item.stale_until if isinstance(item, AuthDecision) else item[1]

@@ -13,9 +13,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..decisions import AuthDecision
 from .base import (
     DEAD_LETTER_MAX,
     DEDUP_TTL,
+    DEFAULT_MAX_CONNECTIONS,
     MAX_BATCH_FIELDS,
     Batch,
     LimitClaim,
@@ -29,8 +31,6 @@ from .base import (
     owners_key,
     pending_key,
 )
-
-DEFAULT_MAX_CONNECTIONS = 64  # one event loop rarely has more Redis calls in flight; see redis_max_connections
 
 # KEYS: pending, done-marker. ARGV: dedup ttl, then field/delta pairs.
 ADD_USAGE = """
@@ -245,6 +245,13 @@ class RedisStore:
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._call(lambda: self._redis.set(key, value, px=max(1, int(ttl * 1000))))
+
+    async def get_decision(self, key: str) -> AuthDecision | None:
+        raw = await self.get(key)
+        return None if raw is None else AuthDecision.from_json(raw)
+
+    async def set_decision(self, key: str, decision: AuthDecision, ttl: float) -> None:
+        await self.set(key, decision.to_json(), ttl)
 
     async def add_usage(self, service_id: str, flush_id: str, fields: dict[str, int]) -> None:
         args: list[Any] = [DEDUP_TTL]

@@ -166,9 +166,21 @@ def _error_from_element(root: ET.Element) -> tuple[str, str]:
     return root.attrib.get("code", ""), (root.text or "").strip()
 
 
+_TIMES: dict[str, datetime] = {}
+_TIMES_MAX = 1024  # every answer in a window carries the same period times: parse each once (strptime is slow)
+
+
 def _time(value: str | None) -> datetime | None:
     """`2010-05-15 00:00:00 +0000` (or the old `+00:00`) as an aware datetime; None for eternity."""
-    return datetime.strptime(value, TIME_FORMAT) if value else None
+    if not value:
+        return None
+    parsed = _TIMES.get(value)
+    if parsed is None:
+        parsed = datetime.strptime(value, TIME_FORMAT)
+        if len(_TIMES) >= _TIMES_MAX:
+            _TIMES.clear()
+        _TIMES[value] = parsed
+    return parsed
 
 
 def _child_text(el: ET.Element, tag: str) -> str | None:
