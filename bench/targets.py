@@ -181,18 +181,24 @@ def log_tail(log: Path, lines: int = 8) -> str:
 # -------------------------------------------------------------------------------------------- configs
 
 
-def nginx_upstream_conf(prefix: Path, port: int, sink_port: int, workers: int = 1) -> str:
-    return f"""
-worker_processes {workers};
+def _nginx_head(prefix: Path, workers: int) -> str:
+    """What every nginx of the bench starts with: one process tree in the foreground, its files under `prefix`,
+    no access log; the caller goes on inside `http {`."""
+    return f"""worker_processes {workers};
 daemon off;
 master_process on;
 pid {prefix}/nginx.pid;
 events {{ worker_connections 8192; }}
 http {{
   access_log off;
-  log_format upload '$arg_verify $request_length $status';
   client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy; fastcgi_temp_path {prefix}/fcgi;
-  uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+  uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;"""
+
+
+def nginx_upstream_conf(prefix: Path, port: int, sink_port: int, workers: int = 1) -> str:
+    return f"""
+{_nginx_head(prefix, workers)}
+  log_format upload '$arg_verify $request_length $status';
   sendfile on; tcp_nopush on; tcp_nodelay on;
   keepalive_requests 10000000; keepalive_timeout 120s;
   upstream sink {{ server 127.0.0.1:{sink_port}; keepalive 64; keepalive_requests 10000000; }}
@@ -224,15 +230,7 @@ http {{
 
 def nginx_proxy_conf(prefix: Path, port: int, backend_port: int) -> str:
     return f"""
-worker_processes 1;
-daemon off;
-master_process on;
-pid {prefix}/nginx.pid;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy; fastcgi_temp_path {prefix}/fcgi;
-  uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+{_nginx_head(prefix, 1)}
   tcp_nodelay on;
   keepalive_requests 10000000; keepalive_timeout 120s;
   upstream app {{
