@@ -25,6 +25,7 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.workers import container_cpus
 from tests import support
 from tests.support import SERVICE_ID, TOKEN, free_port
 
@@ -139,10 +140,27 @@ class Replica:
             )
         self.exit_code = None
 
+    @property
+    def workers(self) -> int:
+        """The worker processes `serve` runs for this config (`workers`, else one per CPU on Redis)."""
+        if self.config.get("workers") is not None:
+            return int(self.config["workers"])
+        return 1 if str(self.config.get("redis_url", "")).startswith("memory:") else container_cpus()
+
+    def all_workers_ready(self) -> bool:
+        """With a supervisor, /readyz answers for whichever worker takes the connection, so one ready worker
+        is enough for a 200; the supervisor logs "workers ready" once every worker serves."""
+        if self.workers == 1:
+            return True
+        text = self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+        return '"msg":"workers ready"' in text
+
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Poll /readyz until 200; fail with the process's output if it exits or never gets ready."""
+        """Poll /readyz until 200 and every worker serves (a worker that starts later would run its first
+        report round in the middle of a test); fail with the process's output if it exits or never does."""
         try:
             await support.wait_ready(self.admin_url, timeout, alive=lambda: self.running, what=self.name)
+            await support.eventually(self.all_workers_ready, timeout, what=f"every worker of {self.name} ready")
         except AssertionError as exc:
             code = self.proc and self.proc.poll()
             raise AssertionError(f"{exc} (exit code {code})\n{self.tail()}") from None
