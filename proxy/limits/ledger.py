@@ -92,8 +92,12 @@ class Ledger:
         return short
 
     def others_hold(self, claim: Claim, reserved: int) -> bool:
-        """After a denial that found `reserved` units held in the counter: does any other replica hold some?"""
-        return reserved - self.allowance(claim.key) > 0
+        """After a denial that found `reserved` units held in the counter: does any other replica hold some?
+        This replica's share is its allowance and what it used of it since the last settlement (units stay
+        reserved until a settlement makes them used)."""
+        w = self._windows.get(claim.key)
+        mine = w.allowance + w.used if w is not None else 0
+        return reserved - mine > 0
 
     def grant(self, claim: Claim, granted: int, free_after: int) -> None:
         """The store reserved `granted` units for this replica, leaving `free_after` for anyone."""

@@ -1,4 +1,6 @@
-"""The limiter on the in-process store: its bounded plan cache."""
+"""The limiter on the in-process store: its bounded plan cache, its denials."""
+
+import asyncio
 
 from proxy.decisions import AuthDecision
 from proxy.limits.limiter import Limiter
@@ -27,3 +29,23 @@ async def test_the_plan_cache_forgets_only_the_least_recently_used_plan():
         assert (await limiter.check(SERVICE, app(name), DECISION, {"hits": 1})).allowed
     cached = {name for name in "abcd" if (SERVICE, app(name)) in limiter._plans}
     assert cached == {"a", "c", "d"}
+
+
+async def test_one_replica_at_its_limit_denies_at_once_instead_of_waiting_for_its_own_slices():
+    """Its own used-but-unsettled units are reserved in the counter too; they are not another replica's
+    slice that a flush could give back, so there is nothing to wait for. (The clock never moves here:
+    a limiter that waits for a flush waits forever.)"""
+    clock = ManualClock()
+    limiter = Limiter(MemoryStore(clock=clock), Metrics(), 0.1, clock=clock)
+    decision = AuthDecision(
+        allowed=True,
+        fresh_until=float("inf"),
+        stale_until=float("inf"),
+        usage_reports=(UsageReport("hits", "eternity", None, None, max_value=3, current_value=0),),
+    )
+    for _ in range(3):
+        assert (await limiter.check(SERVICE, app("a"), decision, {"hits": 1})).allowed
+    async with asyncio.timeout(1):
+        denied = await limiter.check(SERVICE, app("a"), decision, {"hits": 1})
+    assert not denied.allowed
+    assert denied.headers["RateLimit-Remaining"] == "0"
