@@ -37,8 +37,13 @@ def _rank(v: LimitView) -> tuple[int, float]:
 def allowed_headers(views: Iterable[LimitView], now: float) -> dict[str, str]:
     """RateLimit-Limit/-Remaining/-Reset of the tightest limit (no Reset for an eternity limit)."""
     view = tightest(views)
-    headers = {"RateLimit-Limit": str(view.limit), "RateLimit-Remaining": str(max(0, view.remaining))}
-    reset = reset_seconds(view.end, now)
+    return one_limit_headers(view.limit, view.remaining, view.end, now)
+
+
+def one_limit_headers(limit: int, remaining: int, end: float, now: float) -> dict[str, str]:
+    """allowed_headers of a single limit (the common case, without building a LimitView)."""
+    headers = {"RateLimit-Limit": str(limit), "RateLimit-Remaining": str(max(0, remaining))}
+    reset = reset_seconds(end, now)
     if reset is not None:
         headers["RateLimit-Reset"] = str(reset)
     return headers

@@ -71,6 +71,16 @@ class Ledger:
 
     def take(self, claims: Sequence[Claim]) -> bool:
         """All or nothing: spend every claim's need from the local allowances, or change nothing."""
+        if len(claims) == 1:  # the common case, without the lists
+            c = claims[0]
+            w = self._windows.get(c.key)
+            if w is None or w.allowance < c.need:
+                return False
+            w.allowance -= c.need
+            w.used += c.need
+            w.counted += c.need
+            w.active = True
+            return True
         windows = [self._windows.get(c.key) for c in claims]
         if any(w is None or w.allowance < c.need for w, c in zip(windows, claims, strict=True)):
             return False

@@ -17,15 +17,16 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from ..decisions import AuthDecision
 from ..lru import LRU
 from ..metrics import Metrics
 from ..store import LimitClaim, Settlement, Store, StoreUnavailable, credentials_digest, limit_key
 from ..threescale.models import AppCredentials, UsageReport
-from .headers import LimitView, allowed_headers, denied_headers
+from .headers import LimitView, allowed_headers, denied_headers, one_limit_headers
 from .ledger import Claim, Ledger
 from .windows import base_value, counter_ttl, expand_usage, parent_map, window
 
@@ -35,10 +36,11 @@ WINDOWS_PER_PLAN = 2  # ledger bound per cached plan: most plans limit one or tw
 MAX_PLANS = 100_000  # applications whose limit windows are kept computed; the least recent go first
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Plan:
     """An application's limit windows, one per report of its decision: the counter keys are the application's
-    own; the window spans and the parent map are shared by every plan that has the same ones."""
+    own; the window spans and the parent map are shared by every plan that has the same ones. The claims of
+    the last usage seen are kept: an application's requests mostly map to the same usage."""
 
     decision: AuthDecision
     valid_until: float  # the earliest window end: then windows and keys are computed again
@@ -46,18 +48,20 @@ class _Plan:
     spans: tuple[tuple[float, float], ...]  # each window's (start, end)
     synced: int  # bit i: 3scale's count in report i is this window's (its base); else the window starts at 0
     parent_of: Mapping[str, str]
+    last_usage: Mapping[str, int] | None = None  # shared between plans (Limiter._shared_usage)
+    last_claims: list[Claim] | None = None
 
 
 NO_PARENTS: Mapping[str, str] = MappingProxyType({})
 SHARED_MAX = 1024  # distinct window spans and parent maps kept for sharing; then the table starts afresh
 
 
-@dataclass(frozen=True, slots=True)
-class LimitResult:
-    """Allowed or not, and the IETF draft RateLimit headers (plus Retry-After on a denial)."""
+class LimitResult(NamedTuple):
+    """Allowed or not, and the IETF draft RateLimit headers (plus Retry-After on a denial). A NamedTuple:
+    one is made per request, and a frozen dataclass costs three times as much to build."""
 
     allowed: bool
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = MappingProxyType({})
 
 
 ALLOWED_UNLIMITED = LimitResult(True)
@@ -95,6 +99,7 @@ class Limiter:
         self._spans: dict[str, tuple[float, float]] = {}  # period → its current window, one tuple for all plans
         self._span_sets: dict[tuple[tuple[float, float], ...], tuple[tuple[float, float], ...]] = {}
         self._parents: dict[tuple[tuple[str, tuple[str, ...]], ...], Mapping[str, str]] = {}  # hierarchy → parents
+        self._usages: dict[tuple[tuple[str, int], ...], Mapping[str, int]] = {}  # a request's usage, shared
         self._settling = asyncio.Lock()
 
     async def check(
@@ -168,6 +173,8 @@ class Limiter:
         plan = self._plans.get((service_id, credentials))
         if plan is None or plan.decision is not decision or now >= plan.valid_until:
             plan = self._plan(service_id, credentials, decision, now)
+        elif plan.last_claims is not None and plan.last_usage == usage:
+            return plan.last_claims  # claims are read-only: the ledger keeps its counts in its windows
         expanded = expand_usage(usage, plan.parent_of) if plan.parent_of else usage
         claims = []
         synced = plan.synced
@@ -177,7 +184,18 @@ class Limiter:
                 base = report.current_value if synced & 1 else 0
                 claims.append(Claim(service_id, key, report, need, base, start, end))
             synced >>= 1
+        plan.last_usage, plan.last_claims = self._shared_usage(usage), claims
         return claims
+
+    def _shared_usage(self, usage: Mapping[str, int]) -> Mapping[str, int]:
+        """A copy of `usage` that plans keep to compare with: one for every plan that saw the same usage."""
+        items = tuple(usage.items())
+        kept = self._usages.get(items)
+        if kept is None:
+            if len(self._usages) >= SHARED_MAX:
+                self._usages.clear()
+            kept = self._usages[items] = MappingProxyType(dict(items))
+        return kept
 
     def _plan(self, service_id: str, credentials: AppCredentials, decision: AuthDecision, now: float) -> _Plan:
         """An application's limit windows and their counter keys, computed once per decision and window."""
@@ -262,6 +280,9 @@ class Limiter:
 
     def _headers(self, claims: list[Claim], now: float) -> dict[str, str]:
         """Headers for the tightest limit: least remaining; among equals the longer period."""
+        if len(claims) == 1:  # most plans limit one metric in one period: no ranking to do
+            c = claims[0]
+            return one_limit_headers(c.report.max_value, self._ledger.remaining(c), c.end, now)
         views = (LimitView(c.report.max_value, self._ledger.remaining(c), c.start, c.end) for c in claims)
         return allowed_headers(views, now)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from proxy.limits.headers import LimitView, allowed_headers, denied_headers, tightest
+from proxy.limits.headers import LimitView, allowed_headers, denied_headers, one_limit_headers, tightest
 
 NOW = 1_800_000_000.0
 MINUTE = LimitView(limit=100, remaining=40, start=NOW - 20, end=NOW + 40)
@@ -51,3 +51,13 @@ def test_a_denial_says_when_to_retry():
 def test_no_limit_is_a_programming_error():
     with pytest.raises(ValueError, match="at least one"):
         tightest([])
+
+
+def test_a_single_limit_gets_the_same_headers_without_a_view():
+    assert one_limit_headers(100, 40, NOW + 40, NOW) == allowed_headers([MINUTE], NOW)
+    assert one_limit_headers(100, 40, NOW + 40, NOW) == {
+        "RateLimit-Limit": "100",
+        "RateLimit-Remaining": "40",
+        "RateLimit-Reset": "40",
+    }
+    assert one_limit_headers(5, -2, float("inf"), NOW) == {"RateLimit-Limit": "5", "RateLimit-Remaining": "0"}

@@ -1,9 +1,9 @@
-"""The limiter on the in-process store: its bounded plan cache, its denials."""
+"""The limiter on the in-process store: its bounded plan cache, its kept claims, its denials."""
 
 import asyncio
 
 from proxy.decisions import AuthDecision
-from proxy.limits.limiter import Limiter
+from proxy.limits.limiter import ALLOWED_UNLIMITED, Limiter
 from proxy.metrics import Metrics
 from proxy.store import MemoryStore
 from proxy.threescale.models import AppCredentials, UsageReport
@@ -29,6 +29,36 @@ async def test_the_plan_cache_forgets_only_the_least_recently_used_plan():
         assert (await limiter.check(SERVICE, app(name), DECISION, {"hits": 1})).allowed
     cached = {name for name in "abcd" if (SERVICE, app(name)) in limiter._plans}
     assert cached == {"a", "c", "d"}
+
+
+async def test_claims_kept_for_the_last_usage_follow_a_change_of_usage():
+    """The plan keeps the claims of the last usage it saw; a request with other usage must get its own."""
+    clock = ManualClock()
+    limiter = Limiter(MemoryStore(clock=clock), Metrics(), 0.1, clock=clock)
+    decision = AuthDecision(
+        allowed=True,
+        fresh_until=float("inf"),
+        stale_until=float("inf"),
+        usage_reports=(UsageReport("hits", "eternity", None, None, max_value=10, current_value=0),),
+    )
+    answers = []
+    for delta in (1, 2, 1, 2, 1, 2, 1, 2, 1):
+        async with asyncio.timeout(1):  # a denial is answered at once (see the next test)
+            result = await limiter.check(SERVICE, app("a"), decision, {"hits": delta})
+        answers.append((delta, result.allowed, result.headers.get("RateLimit-Remaining")))
+    assert answers == [
+        (1, True, "9"),
+        (2, True, "7"),
+        (1, True, "6"),
+        (2, True, "4"),
+        (1, True, "3"),
+        (2, True, "1"),
+        (1, True, "0"),
+        (2, False, "0"),
+        (1, False, "0"),
+    ]
+    # usage of another metric has no claim on a plan that limits only hits
+    assert (await limiter.check(SERVICE, app("a"), decision, {"orders": 1})) == ALLOWED_UNLIMITED
 
 
 async def test_one_replica_at_its_limit_denies_at_once_instead_of_waiting_for_its_own_slices():
