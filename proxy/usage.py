@@ -9,16 +9,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .metrics import Metrics
 from .store import Store, usage_field
 from .threescale.models import AppCredentials
 
 
-@dataclass(frozen=True, slots=True)
-class UsageKey:
-    """Who used what, when: `app` is the user_key or app_id 3scale knows the application by."""
+class UsageKey(NamedTuple):
+    """Who used what, when: `app` is the user_key or app_id 3scale knows the application by. (A NamedTuple:
+    one is made and hashed per request.)"""
 
     service_id: str
     kind: str  # "user_key" | "app_id"

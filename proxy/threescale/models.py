@@ -8,14 +8,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 PERIODS: tuple[str, ...] = ("eternity", "year", "month", "week", "day", "hour", "minute")
 """3scale's periods, longest first (the order usage_reports are listed in within a metric)."""
 
 
-@dataclass(frozen=True, slots=True)
-class AppCredentials:
-    """An application's credentials: `user_key` (backend v1) or `app_id` [+ `app_key`] (v2/oauth)."""
+class AppCredentials(NamedTuple):
+    """An application's credentials: `user_key` (backend v1) or `app_id` [+ `app_key`] (v2/oauth).
+
+    A NamedTuple: one is made per request and is the key of three caches; its hash and equality are
+    the tuple's own (in C), where a frozen dataclass runs Python for each."""
 
     user_key: str | None = None
     app_id: str | None = None
