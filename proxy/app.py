@@ -22,6 +22,7 @@ from .background import Periodic
 from .clock import Clock, system_clock
 from .components import build
 from .config import Settings, parse_listen
+from .eventloop import running_loop_kind
 from .http.server import HttpServer
 from .reporting import ReportFailed
 from .store import StoreUnavailable
@@ -105,6 +106,7 @@ class ProxyServer:
                     "port": self.port,
                     "metrics_port": self.metrics_port,
                     "services": len(self.settings.services),
+                    "event_loop": running_loop_kind(),
                 }
             },
         )

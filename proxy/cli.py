@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -68,11 +67,12 @@ def _serve(config_path: str | None) -> int:
         return supervise(settings, config_path, workers)
 
     from .app import ProxyServer, run_until_signal
+    from .eventloop import run
     from .logs import setup_logging
 
     setup_logging(settings.log.level)
     server = ProxyServer(settings)
-    return asyncio.run(run_until_signal(server.start, server.stop))
+    return run(run_until_signal(server.start, server.stop), settings.event_loop)
 
 
 def _serve_worker(config_path: str | None, index: int, parent_pid: int | None, ready_fd: int | None) -> int:

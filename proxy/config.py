@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .eventloop import uvloop_available
+
 ENV_PREFIX = "PROXY_"
 SECRET_KEYS = frozenset({"token", "password", "secret", "service_token"})
 LEASE_MARGIN = 1.0  # seconds a lease must outlast threescale.timeout: the renewal before a POST and its ack
@@ -213,6 +215,8 @@ class Settings:
     metrics_listen: str = "0.0.0.0:9090"
     workers: int | None = None
     """Processes serving the one port (SO_REUSEPORT); default: the CPUs this container may use (1 on memory://)."""
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """auto (default): uvloop when it is installed, else asyncio's own loop; see proxy.eventloop."""
     redis_url: str = "memory://"
     redis_max_connections: int = 64
     """Redis connections per process; a burst beyond waits (up to the Redis timeout) for a free one."""
@@ -619,6 +623,8 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("upstream.pool_size", "must be at least 1"))
     if s.upstream.keepalive_timeout <= 0:
         problems.append(("upstream.keepalive_timeout", "must be greater than 0"))
+    if s.event_loop == "uvloop" and not uvloop_available():
+        problems.append(("event_loop", "uvloop is not installed (pip install uvloop, or use auto or asyncio)"))
     if s.workers is not None:
         if s.workers < 1:
             problems.append(("workers", "must be at least 1"))

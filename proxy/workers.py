@@ -420,6 +420,7 @@ def supervise(settings: Settings, config_path: str | None, workers: int) -> int:
 def run_worker(settings: Settings, index: int, parent_pid: int | None, ready_fd: int | None) -> int:
     """A worker: one ProxyServer sharing its ports (SO_REUSEPORT); tells the supervisor once it serves."""
     from .app import ProxyServer, run_until_signal  # the supervisor never imports the proxy itself
+    from .eventloop import run
 
     setup_logging(settings.log.level, fields={"worker": index, "pid": os.getpid()}, shared=True)
     if parent_pid is not None:
@@ -433,7 +434,7 @@ def run_worker(settings: Settings, index: int, parent_pid: int | None, ready_fd:
                 os.write(ready_fd, b"r")
                 os.close(ready_fd)
 
-    return asyncio.run(run_until_signal(start, server.stop))
+    return run(run_until_signal(start, server.stop), settings.event_loop)
 
 
 def _stop_with_parent(parent_pid: int, interval: float = PARENT_CHECK) -> None:

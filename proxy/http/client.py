@@ -17,6 +17,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -223,7 +224,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:

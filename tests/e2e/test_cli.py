@@ -168,3 +168,4 @@ async def test_serve_stops_on_sigterm_with_exit_0(served):
     assert code == 0
     stdout = proc.stdout.read().decode() if proc.stdout else ""
     assert '"msg":"threescale-proxy stopped"' in stdout
+    assert '"event_loop":"uvloop"' in stdout  # event_loop: auto, and uvloop is installed
