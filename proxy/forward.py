@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def upstream_headers(request: Request, strip: Iterable[str] = (), client_ip: str
     """
     source = request.headers
     connection = source.get("Connection")
-    dropped = HOP_BY_HOP | {"host"} | {n.lower() for n in strip}
+    dropped = _dropped_upstream(strip if isinstance(strip, tuple) else tuple(strip))
     if connection:
         dropped |= {t.strip().lower() for t in connection.split(",") if t.strip()}
     headers: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in source.items() if k.lower() not in dropped])
@@ -131,12 +132,25 @@ def _response_headers(
 ) -> list[tuple[str, str]]:
     """The upstream's headers minus hop-by-hop ones (and any it names in Connection), plus ours."""
     dropped = _HOP_BY_HOP_AND_LENGTH if drop_length else HOP_BY_HOP
+    if extra:
+        dropped = _dropped_downstream(drop_length, tuple(extra))  # ours replace the upstream's of the same name
     connection = upstream.get("Connection")
     if connection:
         dropped = dropped | {t.strip().lower() for t in connection.split(",") if t.strip()}
-    if extra:
-        dropped = dropped | {k.lower() for k in extra}  # ours replace the upstream's of the same name
     headers = [(k, v) for k, v in upstream.items() if k.lower() not in dropped]
     if extra:
         headers.extend(extra.items())
     return headers
+
+
+@functools.lru_cache(maxsize=256)
+def _dropped_upstream(strip: tuple[str, ...]) -> frozenset[str]:
+    """Hop-by-hop headers, Host and a service's credential headers: one set per service, not per request."""
+    return HOP_BY_HOP | {"host"} | {n.lower() for n in strip}
+
+
+@functools.lru_cache(maxsize=256)
+def _dropped_downstream(drop_length: bool, extra: tuple[str, ...]) -> frozenset[str]:
+    """Hop-by-hop headers (and Content-Length) plus the names of ours, once per set of names (the limiter's
+    RateLimit-* headers are the same few names on every answer)."""
+    return (_HOP_BY_HOP_AND_LENGTH if drop_length else HOP_BY_HOP) | {k.lower() for k in extra}
