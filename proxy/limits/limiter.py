@@ -34,13 +34,17 @@ log = logging.getLogger(__name__)
 
 WINDOWS_PER_PLAN = 2  # ledger bound per cached plan: most plans limit one or two periods of one metric
 MAX_PLANS = 100_000  # applications whose limit windows are kept computed; the least recent go first
+CLAIMS_KEPT = 4096
+"""Plans that keep the claims of their last usage (about 250 bytes each), replaced in turn: the busy
+applications keep theirs, and memory does not grow by that much per cached key."""
 
 
 @dataclass(slots=True)
 class _Plan:
     """An application's limit windows, one per report of its decision: the counter keys are the application's
-    own; the window spans and the parent map are shared by every plan that has the same ones. The claims of
-    the last usage seen are kept: an application's requests mostly map to the same usage."""
+    own; the window spans and the parent map are shared by every plan that has the same ones. Up to
+    CLAIMS_KEPT plans keep the claims of the last usage they saw: an application's requests mostly map to
+    the same usage."""
 
     decision: AuthDecision
     valid_until: float  # the earliest window end: then windows and keys are computed again
@@ -83,6 +87,7 @@ class Limiter:
         *,
         divisor: int = 8,
         max_plans: int = MAX_PLANS,
+        claims_kept: int = CLAIMS_KEPT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -100,6 +105,9 @@ class Limiter:
         self._span_sets: dict[tuple[tuple[float, float], ...], tuple[tuple[float, float], ...]] = {}
         self._parents: dict[tuple[tuple[str, tuple[str, ...]], ...], Mapping[str, str]] = {}  # hierarchy → parents
         self._usages: dict[tuple[tuple[str, int], ...], Mapping[str, int]] = {}  # a request's usage, shared
+        # the plans that keep their last claims: at most CLAIMS_KEPT, so 100,000 cold keys do not each hold some
+        self._kept_claims: list[_Plan | None] = [None] * max(1, min(claims_kept, max_plans))
+        self._kept_at = 0
         self._settling = asyncio.Lock()
 
     async def check(
@@ -184,6 +192,12 @@ class Limiter:
                 base = report.current_value if synced & 1 else 0
                 claims.append(Claim(service_id, key, report, need, base, start, end))
             synced >>= 1
+        if plan.last_claims is None:  # a place among the plans that keep claims, in turn (no cost per hit)
+            evicted = self._kept_claims[self._kept_at]
+            if evicted is not None:
+                evicted.last_usage = evicted.last_claims = None
+            self._kept_claims[self._kept_at] = plan
+            self._kept_at = (self._kept_at + 1) % len(self._kept_claims)
         plan.last_usage, plan.last_claims = self._shared_usage(usage), claims
         return claims
 

@@ -79,3 +79,22 @@ async def test_one_replica_at_its_limit_denies_at_once_instead_of_waiting_for_it
         denied = await limiter.check(SERVICE, app("a"), decision, {"hits": 1})
     assert not denied.allowed
     assert denied.headers["RateLimit-Remaining"] == "0"
+
+
+async def test_only_claims_kept_plans_hold_claims_and_the_others_still_count_exactly():
+    clock = ManualClock()
+    limiter = Limiter(MemoryStore(clock=clock), Metrics(), 0.1, claims_kept=2, clock=clock)
+    decision = AuthDecision(
+        allowed=True,
+        fresh_until=float("inf"),
+        stale_until=float("inf"),
+        usage_reports=(UsageReport("hits", "eternity", None, None, max_value=2, current_value=0),),
+    )
+    for name in ("a", "b", "c"):  # c takes the place of a, the first to keep claims
+        assert (await limiter.check(SERVICE, app(name), decision, {"hits": 1})).allowed
+    holding = {name for name in "abc" if limiter._plans.get((SERVICE, app(name))).last_claims is not None}
+    assert holding == {"b", "c"}
+    for name in ("a", "b", "c"):  # a computes its claims again: every app still gets exactly its 2
+        assert (await limiter.check(SERVICE, app(name), decision, {"hits": 1})).allowed
+        async with asyncio.timeout(1):
+            assert not (await limiter.check(SERVICE, app(name), decision, {"hits": 1})).allowed
