@@ -102,13 +102,15 @@ async def forward(
             except UpstreamError as exc:
                 json_error(502, "bad_gateway", str(exc)).send(request)
                 return Forwarded(502, upstream_seconds, exc.kind)
-            request.respond(status, _response_headers(upstream.headers, extra_headers, True), body, reason=reason)
+            answer = _response_headers(upstream.headers, extra_headers, True)
+            request.respond(status, answer, body, reason=reason, date="Date" not in upstream.headers)
             return Forwarded(status, upstream_seconds)
         request.start(
             status,
             _response_headers(upstream.headers, extra_headers, False),
             reason=reason,
             length=int(length) if length.isdigit() else None,
+            date="Date" not in upstream.headers,  # one Date: the upstream's, else ours
         )
         if not bodiless:
             try:

@@ -228,7 +228,9 @@ class Request:
         """True once the status line is out: from then on a failure can only cut the connection."""
         return self._state != _NOT_STARTED
 
-    def _head(self, status: int, reason: str | None, headers: Iterable[tuple[str, str]], extra: str) -> bytes:
+    def _head(
+        self, status: int, reason: str | None, headers: Iterable[tuple[str, str]], extra: str, date: bool
+    ) -> bytes:
         line = _STATUS_LINES.get(status) if reason is None else None
         if line is None:
             phrase = reason if reason is not None else _phrase(status)
@@ -241,26 +243,42 @@ class Request:
         elif self.version == "1.0":
             extra += "Connection: keep-alive\r\n"
         fields = "".join([f"{k}: {v}\r\n" for k, v in headers])
-        return line + (fields + _DateHeader.get() + extra + "\r\n").encode("utf-8", "surrogateescape")
+        if date:
+            fields += _DateHeader.get()
+        return line + (fields + extra + "\r\n").encode("utf-8", "surrogateescape")
 
     def respond(
-        self, status: int, headers: Iterable[tuple[str, str]], body: bytes = b"", *, reason: str | None = None
+        self,
+        status: int,
+        headers: Iterable[tuple[str, str]],
+        body: bytes = b"",
+        *,
+        reason: str | None = None,
+        date: bool = True,
     ) -> None:
-        """The whole answer in one write; Content-Length is added here (the caller must not send one)."""
+        """The whole answer in one write; Content-Length is added here (the caller must not send one), and
+        Date unless `date` is False (the headers carry one: it is a singleton field)."""
         if self._state != _NOT_STARTED:
             raise RuntimeError("the answer has already started")
         self._state = _DONE
         bodiless = status in _NO_BODY_STATUS or status < 200
         extra = "" if bodiless else f"Content-Length: {len(body)}\r\n"
-        head = self._head(status, reason, headers, extra)
+        head = self._head(status, reason, headers, extra, date)
         self._conn._write(head if bodiless or self.method == "HEAD" else head + body)
         self._conn._answered(self)
 
     def start(
-        self, status: int, headers: Iterable[tuple[str, str]], *, reason: str | None = None, length: int | None = None
+        self,
+        status: int,
+        headers: Iterable[tuple[str, str]],
+        *,
+        reason: str | None = None,
+        length: int | None = None,
+        date: bool = True,
     ) -> None:
         """Send the head of a streamed answer: `length` is the Content-Length already in `headers`, or None
-        for a body of unknown length (chunked to HTTP/1.1 clients, ended by closing for HTTP/1.0)."""
+        for a body of unknown length (chunked to HTTP/1.1 clients, ended by closing for HTTP/1.0); Date as
+        in respond()."""
         if self._state != _NOT_STARTED:
             raise RuntimeError("the answer has already started")
         self._state = _STREAMING
@@ -272,7 +290,7 @@ class Request:
             else:
                 self._chunked = True
                 extra = "Transfer-Encoding: chunked\r\n"
-        self._conn._write(self._head(status, reason, headers, extra))
+        self._conn._write(self._head(status, reason, headers, extra, date))
 
     async def write(self, data: bytes) -> None:
         """One piece of a streamed body; waits while the client reads slower than the upstream sends."""

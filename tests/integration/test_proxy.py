@@ -329,6 +329,19 @@ async def test_upstream_status_and_large_download_stream_through(emulator, upstr
         assert resp.status == 200 and await resp.read() == b""
 
 
+async def test_an_answer_carries_one_date_header_the_upstreams_when_it_sent_one(emulator, upstream, make_proxy, http):
+    """Date is a singleton field (RFC 9110): the upstream's is passed on and ours added only when it has
+    none, for answers read whole, streamed and chunked alike; the proxy's own answers carry ours."""
+    proxy = await make_proxy(proxy_settings(emulator.url, upstream.url))
+    for path in ("/x", "/download?mb=1", "/chunked?parts=3"):
+        async with http.get(url(proxy, path), headers={"x-api-key": KEY}) as resp:
+            assert resp.status == 200
+            assert len(resp.headers.getall("Date")) == 1, (path, resp.headers.getall("Date"))
+            await resp.read()
+    async with http.get(url(proxy, "/x")) as resp:  # no key: our own 401
+        assert resp.status == 401 and len(resp.headers.getall("Date")) == 1
+
+
 async def test_client_disconnect_cancels_the_upstream_call(emulator, upstream, make_proxy):
     proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, service={"upstream_timeout": 10}))
     _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
