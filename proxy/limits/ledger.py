@@ -44,6 +44,9 @@ class Ledger:
 
     def __init__(self, divisor: int, max_windows: int = 1_000_000) -> None:
         self._divisor = divisor
+        # A grant is need + free/divisor, which leaves (divisor - 1) times the grant free: a slice counts as
+        # near the limit only when the free headroom falls below half of that, so a fresh roomy grant is kept.
+        self._tight_factor = max(1, divisor // 2)
         self._max_windows = max(1, max_windows)
         self._windows: dict[str, Window] = {}  # oldest first: the first forgotten when over max_windows
 
@@ -140,7 +143,7 @@ class Ledger:
         per_service: dict[str, list[Settlement]] = {}
         for key, w in list(self._windows.items()):
             release = 0
-            idle_or_tight = not w.active or w.free_seen < w.allowance * self._divisor or now >= w.end
+            idle_or_tight = not w.active or w.free_seen < w.allowance * self._tight_factor or now >= w.end
             if w.allowance and (release_all or idle_or_tight):
                 release, w.allowance = w.allowance, 0
             if w.used or release or w.extra:

@@ -101,7 +101,10 @@ async def test_a_cancelled_reservation_is_spent_by_the_next_requests(setup):
     assert limiter._ledger.allowance(key) == slice_ - 10  # Redis' reservation is exactly what is held here
 
     await limiter.settle()
-    assert await counter() == {"u": 10, "r": 0}  # the used units counted, the rest given back
+    assert await counter() == {"u": 10, "r": slice_ - 10}  # the used units counted; busy and roomy: kept
+    assert limiter._ledger.allowance(key) == slice_ - 10
+    await limiter.settle()
+    assert await counter() == {"u": 10, "r": 0}  # idle since the last settle: the rest given back
     assert limiter._ledger.allowance(key) == 0
 
 

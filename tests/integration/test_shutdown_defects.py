@@ -91,7 +91,11 @@ async def test_a_failed_usage_flush_still_settles_limits(emulator, upstream, htt
         assert await proxy.flush() is False  # the usage write failed: the usage waits in memory
         assert proxy.usage.in_memory() == 1
         (counter,) = await client.keys("tsp:{svc:" + SERVICE_ID + "}:lim:*")
-        # ...and the limit counter got its settlement all the same: 1 used, the idle slice given back
+        # ...and the limit counter got its settlement all the same: 1 used (the busy slice is kept)...
+        fields = await client.hgetall(counter)
+        assert fields[b"u"] == b"1" and int(fields[b"r"]) > 0
+        # ...and at the next flush, with the usage write still failing, the now idle slice goes back
+        assert await proxy.flush() is False
         assert await client.hgetall(counter) == {b"u": b"1", b"r": b"0"}
     finally:
         await proxy.stop()

@@ -65,7 +65,7 @@ def test_settlement_turns_used_into_usage_and_keeps_a_busy_roomy_slice():
     ledger = Ledger(divisor=8)
     ledger.grant(claim(), granted=100, free_after=900)
     assert ledger.take([claim(need=10)])
-    # active, and 900 free >= 90 held * 8: the slice stays for the next requests
+    # active, and 900 free >= 90 held * 8 / 2: the slice stays for the next requests
     assert ledger.settle(NOW) == {"svc": [Settlement("k", used=10, release=0, ttl=180)]}
     assert ledger.allowance("k") == 90
     # idle since: the slice goes back
@@ -76,7 +76,7 @@ def test_settlement_turns_used_into_usage_and_keeps_a_busy_roomy_slice():
 
 def test_settlement_gives_back_a_slice_near_the_limit_or_past_the_window():
     ledger = Ledger(divisor=8)
-    ledger.grant(claim("tight"), granted=20, free_after=100)  # 100 free < 19 * 8 held: others may need it
+    ledger.grant(claim("tight"), granted=20, free_after=60)  # 60 free < 19 held * 8 / 2: others may need it
     ledger.grant(claim("ended", end=NOW + 5), granted=20, free_after=900)
     assert ledger.take([claim("tight"), claim("ended", end=NOW + 5)])
     assert ledger.settle(NOW + 5) == {

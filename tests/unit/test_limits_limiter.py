@@ -98,3 +98,27 @@ async def test_only_claims_kept_plans_hold_claims_and_the_others_still_count_exa
         assert (await limiter.check(SERVICE, app(name), decision, {"hits": 1})).allowed
         async with asyncio.timeout(1):
             assert not (await limiter.check(SERVICE, app(name), decision, {"hits": 1})).allowed
+
+
+async def test_a_busy_key_far_from_its_limit_keeps_its_slice_across_a_flush():
+    """A grant is a slice of the free headroom (need + free/divisor); a key that keeps being used and is far
+    from its limit must keep it through a settlement, or every flush makes its next request wait for a new
+    reservation (a Redis call on the request's path). Units the settlement turns into used are gone."""
+    clock = ManualClock()
+    store = MemoryStore(clock=clock)
+    limiter = Limiter(store, Metrics(), 0.1, clock=clock)
+    decision = AuthDecision(
+        allowed=True,
+        fresh_until=float("inf"),
+        stale_until=float("inf"),
+        usage_reports=(UsageReport("hits", "eternity", None, None, max_value=1_000_000, current_value=0),),
+    )
+    for _ in range(10):
+        assert (await limiter.check(SERVICE, app("a"), decision, {"hits": 1})).allowed
+    (key,) = limiter._plans.get((SERVICE, app("a"))).keys
+    used, reserved = store.limit_counter(key)
+    assert (used, reserved) == (0, 1 + 999_999 // 8)  # one reservation: need + free/8
+    await limiter.settle()
+    used, reserved = store.limit_counter(key)
+    assert used == 10
+    assert reserved == 1 + 999_999 // 8 - 10, "the busy, roomy slice was given back at the flush"
