@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from ..decisions import AuthDecision
 from ..lru import LRU
@@ -69,6 +69,21 @@ class LimitResult(NamedTuple):
 
 
 ALLOWED_UNLIMITED = LimitResult(True)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _shared(table: dict[K, V], key: K, make: Callable[[], V]) -> V:
+    """The one object `table` keeps for `key` (made on first use), so plans that are alike share it; past
+    SHARED_MAX entries the table starts afresh (plans keep what they hold)."""
+    kept = table.get(key)
+    if kept is None:
+        if len(table) >= SHARED_MAX:
+            table.clear()
+        kept = table[key] = make()
+    return kept
 
 
 def app_digest(service_id: str, credentials: AppCredentials) -> str:
@@ -204,12 +219,7 @@ class Limiter:
     def _shared_usage(self, usage: Mapping[str, int]) -> Mapping[str, int]:
         """A copy of `usage` that plans keep to compare with: one for every plan that saw the same usage."""
         items = tuple(usage.items())
-        kept = self._usages.get(items)
-        if kept is None:
-            if len(self._usages) >= SHARED_MAX:
-                self._usages.clear()
-            kept = self._usages[items] = MappingProxyType(dict(items))
-        return kept
+        return _shared(self._usages, items, lambda: MappingProxyType(dict(items)))
 
     def _plan(self, service_id: str, credentials: AppCredentials, decision: AuthDecision, now: float) -> _Plan:
         """An application's limit windows and their counter keys, computed once per decision and window."""
@@ -246,24 +256,13 @@ class Limiter:
 
     def _shared_spans(self, spans: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
         """One tuple for every plan with the same windows."""
-        kept = self._span_sets.get(spans)
-        if kept is None:
-            if len(self._span_sets) >= SHARED_MAX:
-                self._span_sets.clear()
-            kept = self._span_sets[spans] = spans
-        return kept
+        return _shared(self._span_sets, spans, lambda: spans)
 
     def _parent_map(self, hierarchy: Mapping[str, tuple[str, ...]]) -> Mapping[str, str]:
         """child → parent, one map for every plan with the same hierarchy."""
         if not hierarchy:
             return NO_PARENTS
-        items = tuple(hierarchy.items())
-        parents = self._parents.get(items)
-        if parents is None:
-            if len(self._parents) >= SHARED_MAX:
-                self._parents.clear()
-            parents = self._parents[items] = MappingProxyType(parent_map(hierarchy))
-        return parents
+        return _shared(self._parents, tuple(hierarchy.items()), lambda: MappingProxyType(parent_map(hierarchy)))
 
     async def _reserve(self, claims: list[Claim]) -> tuple[int, bool] | None:
         """Reserve what the local allowances lack; None when granted, else (denied claim, others hold some)."""

@@ -10,12 +10,19 @@ from proxy.threescale.models import AppCredentials, UsageReport
 from tests.support import ManualClock
 
 SERVICE = "svc"
-DECISION = AuthDecision(
-    allowed=True,
-    fresh_until=float("inf"),
-    stale_until=float("inf"),
-    usage_reports=(UsageReport("hits", "eternity", None, None, max_value=1000, current_value=0),),
-)
+
+
+def eternal_limit(max_value: int) -> AuthDecision:
+    """An allowed, never-expiring decision whose plan limits hits to `max_value` for eternity."""
+    return AuthDecision(
+        allowed=True,
+        fresh_until=float("inf"),
+        stale_until=float("inf"),
+        usage_reports=(UsageReport("hits", "eternity", None, None, max_value=max_value, current_value=0),),
+    )
+
+
+DECISION = eternal_limit(1000)
 
 
 def app(name: str) -> AppCredentials:
@@ -35,12 +42,7 @@ async def test_claims_kept_for_the_last_usage_follow_a_change_of_usage():
     """The plan keeps the claims of the last usage it saw; a request with other usage must get its own."""
     clock = ManualClock()
     limiter = Limiter(MemoryStore(clock=clock), Metrics(), 0.1, clock=clock)
-    decision = AuthDecision(
-        allowed=True,
-        fresh_until=float("inf"),
-        stale_until=float("inf"),
-        usage_reports=(UsageReport("hits", "eternity", None, None, max_value=10, current_value=0),),
-    )
+    decision = eternal_limit(10)
     answers = []
     for delta in (1, 2, 1, 2, 1, 2, 1, 2, 1):
         async with asyncio.timeout(1):  # a denial is answered at once (see the next test)
@@ -67,12 +69,7 @@ async def test_one_replica_at_its_limit_denies_at_once_instead_of_waiting_for_it
     a limiter that waits for a flush waits forever.)"""
     clock = ManualClock()
     limiter = Limiter(MemoryStore(clock=clock), Metrics(), 0.1, clock=clock)
-    decision = AuthDecision(
-        allowed=True,
-        fresh_until=float("inf"),
-        stale_until=float("inf"),
-        usage_reports=(UsageReport("hits", "eternity", None, None, max_value=3, current_value=0),),
-    )
+    decision = eternal_limit(3)
     for _ in range(3):
         assert (await limiter.check(SERVICE, app("a"), decision, {"hits": 1})).allowed
     async with asyncio.timeout(1):
@@ -84,12 +81,7 @@ async def test_one_replica_at_its_limit_denies_at_once_instead_of_waiting_for_it
 async def test_only_claims_kept_plans_hold_claims_and_the_others_still_count_exactly():
     clock = ManualClock()
     limiter = Limiter(MemoryStore(clock=clock), Metrics(), 0.1, claims_kept=2, clock=clock)
-    decision = AuthDecision(
-        allowed=True,
-        fresh_until=float("inf"),
-        stale_until=float("inf"),
-        usage_reports=(UsageReport("hits", "eternity", None, None, max_value=2, current_value=0),),
-    )
+    decision = eternal_limit(2)
     for name in ("a", "b", "c"):  # c takes the place of a, the first to keep claims
         assert (await limiter.check(SERVICE, app(name), decision, {"hits": 1})).allowed
     holding = {name for name in "abc" if limiter._plans.get((SERVICE, app(name))).last_claims is not None}
@@ -107,12 +99,7 @@ async def test_a_busy_key_far_from_its_limit_keeps_its_slice_across_a_flush():
     clock = ManualClock()
     store = MemoryStore(clock=clock)
     limiter = Limiter(store, Metrics(), 0.1, clock=clock)
-    decision = AuthDecision(
-        allowed=True,
-        fresh_until=float("inf"),
-        stale_until=float("inf"),
-        usage_reports=(UsageReport("hits", "eternity", None, None, max_value=1_000_000, current_value=0),),
-    )
+    decision = eternal_limit(1_000_000)
     for _ in range(10):
         assert (await limiter.check(SERVICE, app("a"), decision, {"hits": 1})).allowed
     (key,) = limiter._plans.get((SERVICE, app("a"))).keys
