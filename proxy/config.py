@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .eventloop import uvloop_available
+from .eventloop import EventLoopChoice, uvloop_available
 
 ENV_PREFIX = "PROXY_"
 SECRET_KEYS = frozenset({"token", "password", "secret", "service_token"})
@@ -215,7 +215,7 @@ class Settings:
     metrics_listen: str = "0.0.0.0:9090"
     workers: int | None = None
     """Processes serving the one port (SO_REUSEPORT); default: the CPUs this container may use (1 on memory://)."""
-    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    event_loop: EventLoopChoice = "auto"
     """auto (default): uvloop when it is installed, else asyncio's own loop; see proxy.eventloop."""
     redis_url: str = "memory://"
     redis_max_connections: int = 64

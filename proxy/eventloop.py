@@ -39,7 +39,7 @@ def loop_factory(choice: EventLoopChoice) -> Callable[[], asyncio.AbstractEventL
 
 
 def running_loop_kind() -> str:
-    """ "uvloop" or "asyncio": what the running loop is (for the ready log line)."""
+    """What the running loop is, "uvloop" or "asyncio" (for the ready log line)."""
     return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
 
