@@ -68,6 +68,14 @@ def tree_ticks(stats: Mapping[int, ProcStat], root: int) -> int:
     return sum(stats[pid].ticks for pid in descendants(stats, root))
 
 
+def tree_user_system(stats: Mapping[int, ProcStat], root: int) -> tuple[int, int]:
+    """(user, system) ticks of the tree under `root`, reaped children included: where its CPU went."""
+    tree = descendants(stats, root)
+    user = sum(stats[pid].utime + stats[pid].cutime for pid in tree)
+    system = sum(stats[pid].stime + stats[pid].cstime for pid in tree)
+    return user, system
+
+
 def cpu_us_per_request(ticks_before: int, ticks_after: int, requests: int, clk_tck: int = CLK_TCK) -> float | None:
     """Microseconds of CPU per request over a run, or None without requests."""
     if requests <= 0:

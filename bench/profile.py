@@ -28,12 +28,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import targets, wrk
+from bench import cpu, targets, wrk
 from bench.targets import KEY, Children
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
-EVENT_LOOP = "_run_once"  # a frame of asyncio's loop (and uvloop's): the stacks that serve requests
+EVENT_LOOP = "Runner.run (asyncio/runners.py"
+"""The frame every stack of the event loop's thread has, on asyncio's loop and on uvloop (whose loop is C,
+so its stacks go from asyncio.Runner straight to our callbacks): the stacks that serve requests."""
 _FRAME_LINE = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::\d+)?\)$")
 
 
@@ -109,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     svg, raw, top = (base.with_suffix(s) for s in (".svg", ".collapsed.txt", ".top.txt"))
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (`cmd &`)
+    split = (0, 0)  # the proxy's (user, system) ticks over the two recordings
     with tempfile.TemporaryDirectory(prefix="tsp-profile-") as tmp, Children() as children:
         work = Path(tmp)
         work.chmod(0o755)
@@ -151,8 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             loader = threading.Thread(target=load, daemon=True)
             loader.start()
             threading.Event().wait(1.0)  # let wrk connect
+            user0, system0 = cpu.tree_user_system(cpu.read_all_stats(), proxy.pid)
             record(proxy.pid, svg, "flamegraph", args.seconds, args.rate)
             record(proxy.pid, raw, "raw", args.seconds, args.rate)
+            user1, system1 = cpu.tree_user_system(cpu.read_all_stats(), proxy.pid)
+            split = (user1 - user0, system1 - system0)
             for proc in procs:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGINT)
@@ -169,7 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, every = self_time(collapsed)
     counts, total = self_time(collapsed, EVENT_LOOP)
     others, rest = self_time(collapsed, EVENT_LOOP, invert=True)
-    text = f"top 25 functions by self time in the event loop ({total} of {every} samples):\n"
+    text = ""
+    if sum(split):
+        # py-spy stops the process (ptrace) for each sample and the stops land on system calls more often
+        # than elsewhere, so frames that make one (transport.write, _read_ready) get more samples than
+        # their share; /proc has the real split.
+        user_share = split[0] / sum(split)
+        text += (
+            f"CPU while sampled (/proc): user {user_share:.0%}, system {1 - user_share:.0%}. py-spy's samples "
+            "overstate frames that make system calls (send/recv): compare them with the system share.\n\n"
+        )
+    text += f"top 25 functions by self time in the event loop ({total} of {every} samples):\n"
     text += format_top(counts, total)
     if rest:
         # threads outside the loop (the log writer waiting in queue.get looks busy to py-spy)

@@ -3,7 +3,7 @@
 import pytest
 
 from bench import cpu, report, wrk
-from bench.profile import self_time
+from bench.profile import EVENT_LOOP, self_time
 from bench.targets import parse_assignment, set_dotted
 
 WRK_OK = """Running 5s test @ http://127.0.0.1:41235/
@@ -130,6 +130,16 @@ def test_tree_ticks_sum_the_process_tree_only():
     assert cpu.tree_ticks(stats, 99) == 0
 
 
+def test_tree_user_system_splits_the_trees_ticks():
+    stats = {
+        1: cpu.ProcStat(pid=1, ppid=0, utime=50, stime=9, cutime=0, cstime=0),
+        2: cpu.ProcStat(pid=2, ppid=1, utime=30, stime=10, cutime=4, cstime=1),  # reaped a child of its own
+        3: cpu.ProcStat(pid=3, ppid=0, utime=999, stime=999, cutime=0, cstime=0),  # not in the tree
+    }
+    assert cpu.tree_user_system(stats, 1) == (84, 20)
+    assert sum(cpu.tree_user_system(stats, 1)) == cpu.tree_ticks(stats, 1)
+
+
 def test_cpu_us_per_request():
     # 250 ticks at 100 Hz = 2.5 s of CPU over 50,000 requests = 50 µs each
     assert cpu.cpu_us_per_request(1000, 1250, 50_000, clk_tck=100) == pytest.approx(50.0)
@@ -236,3 +246,20 @@ def test_self_time_from_collapsed_stacks():
     assert in_loop == 40 and list(loop) == ["handle (proxy/pipeline.py)"]
     _, others = self_time(collapsed, "_run_once", invert=True)
     assert others == 60
+
+
+def test_the_event_loop_stacks_are_found_on_asyncio_and_on_uvloop():
+    """uvloop's loop is C: its stacks go from asyncio.Runner straight to our callbacks, with no _run_once."""
+    runner = (
+        'process 1:"python";_serve (proxy/cli.py:75);run (asyncio/runners.py:190);Runner.run (asyncio/runners.py:118)'
+    )
+    collapsed = (
+        f"{runner};BaseEventLoop.run_forever (asyncio/base_events.py:607);_run_once (asyncio/base_events.py:1922);"
+        "handle (proxy/pipeline.py:120) 30\n"
+        f"{runner};_Connection.data_received (proxy/http/server.py:367) 20\n"  # on uvloop
+        'process 1:"python";_BatchWriter.run (proxy/logs.py:93) 50\n'
+    )
+    loop, in_loop = self_time(collapsed, EVENT_LOOP)
+    assert in_loop == 50
+    assert loop == {"handle (proxy/pipeline.py)": 30, "_Connection.data_received (proxy/http/server.py)": 20}
+    assert self_time(collapsed, EVENT_LOOP, invert=True)[1] == 50
