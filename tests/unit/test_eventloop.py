@@ -1,5 +1,7 @@
 """`event_loop`: the loop a proxy process runs on, and the configuration key that chooses it."""
 
+import sys
+
 import pytest
 
 from proxy.config import ConfigError, settings_from_dict
@@ -26,3 +28,12 @@ def test_event_loop_defaults_to_auto_and_refuses_other_values():
     with pytest.raises(ConfigError) as failed:
         settings_from_dict({"services": [service()], "event_loop": "trio"})
     assert "event_loop" in str(failed.value)
+
+
+def test_without_uvloop_auto_runs_asyncio_and_uvloop_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what the import system does for a missing module
+    assert resolve("auto") == "asyncio"
+    assert run(kind(), "auto") == "asyncio"
+    with pytest.raises(ConfigError) as failed:
+        settings_from_dict({"services": [service()], "event_loop": "uvloop"})
+    assert "event_loop: uvloop is not installed" in str(failed.value)
