@@ -51,14 +51,14 @@ def upstream_url(base: str, raw_path: str, strip_query: Iterable[str] = ()) -> s
     return base.rstrip("/") + path + (f"?{query}" if query else "")
 
 
-def upstream_headers(request: Request, strip: Iterable[str] = (), client_ip: str | None = None) -> CIMultiDict[str]:
+def upstream_headers(request: Request, strip: tuple[str, ...] = (), client_ip: str | None = None) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones and credentials, plus the X-Forwarded-* family.
 
     `client_ip` (API Gateway's context.identity.sourceIp) starts X-Forwarded-For when the gateway sent none.
     """
     source = request.headers
     connection = source.get("Connection")
-    dropped = _dropped_upstream(strip if isinstance(strip, tuple) else tuple(strip))
+    dropped = _dropped_upstream(strip)
     if connection:
         dropped |= {t.strip().lower() for t in connection.split(",") if t.strip()}
     headers: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in source.items() if k.lower() not in dropped])
