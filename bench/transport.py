@@ -17,10 +17,8 @@ import multiprocessing
 import multiprocessing.connection
 import time
 
-from multidict import CIMultiDict
-
 from proxy.http.client import H1Transport
-from proxy.transport import AiohttpTransport, Transport, UpstreamRequest
+from proxy.transport import AiohttpTransport, HeaderBlock, Transport, UpstreamRequest
 
 ANSWER = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 27\r\n"
@@ -134,10 +132,10 @@ class _Floor:
 
 async def _run(transport: Transport | _Floor, url: str, requests: int, concurrency: int) -> tuple[float, float]:
     """(requests/s, CPU µs per request) for `requests` sends, `concurrency` at a time."""
-    headers = CIMultiDict(HEADERS)
+    headers = HeaderBlock.of(HEADERS)
 
     async def one() -> None:
-        response = await transport.send(UpstreamRequest("GET", url, headers.copy(), None, 10.0))
+        response = await transport.send(UpstreamRequest("GET", url, headers, None, 10.0))
         body = await response.read()
         await response.release()
         assert response.status == 200 and len(body) == 27

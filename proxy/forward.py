@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
 from .http.server import Request
 from .responses import json_error
-from .transport import Transport, UpstreamError, UpstreamRequest
+from .transport import HeaderBlock, Transport, UpstreamError, UpstreamRequest
 
 SMALL_BODY = 64 * 1024
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
@@ -29,7 +27,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_HOP_BY_HOP_AND_LENGTH = HOP_BY_HOP | {"content-length"}
+_HOP_BY_HOP_B = frozenset(name.encode() for name in HOP_BY_HOP)
+_HOP_BY_HOP_AND_LENGTH = _HOP_BY_HOP_B | {b"content-length"}
+_UPSTREAM_DROPPED = _HOP_BY_HOP_B | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 
 
 @dataclass(slots=True)
@@ -51,30 +51,36 @@ def upstream_url(base: str, raw_path: str, strip_query: Iterable[str] = ()) -> s
     return base.rstrip("/") + path + (f"?{query}" if query else "")
 
 
-def upstream_headers(request: Request, strip: tuple[str, ...] = (), client_ip: str | None = None) -> CIMultiDict[str]:
+def upstream_headers(request: Request, strip: tuple[str, ...] = (), client_ip: str | None = None) -> HeaderBlock:
     """The client's headers minus hop-by-hop ones and credentials, plus the X-Forwarded-* family.
 
     `client_ip` (API Gateway's context.identity.sourceIp) starts X-Forwarded-For when the gateway sent none.
+    The client's fields pass as the bytes they came in (the parser has refused any with a line break).
     """
     source = request.headers
-    connection = source.get("Connection")
+    first = source._first
     dropped = _dropped_upstream(strip)
+    connection = first.get(b"connection")
     if connection:
-        dropped |= {t.strip().lower() for t in connection.split(",") if t.strip()}
-    headers: CIMultiDict[str] = CIMultiDict([(k, v) for k, v in source.items() if k.lower() not in dropped])
-    peer = request.remote or ""
-    previous = source.get("X-Forwarded-For") or client_ip
-    headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
-    headers["X-Forwarded-Proto"] = source.get("X-Forwarded-Proto", request.scheme)
-    headers["X-Forwarded-Host"] = source.get("X-Forwarded-Host", request.host)
-    return headers
+        dropped = dropped | {t.strip().lower() for t in connection.split(b",") if t.strip()}
+    lines = [b"%s: %s\r\n" % (name, value) for key, name, value in source.fields if key not in dropped]
+    peer = (request.remote or "").encode("latin-1", "replace")
+    previous = first.get(b"x-forwarded-for") or (client_ip.encode("utf-8", "surrogateescape") if client_ip else b"")
+    lines.append(b"X-Forwarded-For: %s, %s\r\n" % (previous, peer) if previous else b"X-Forwarded-For: %s\r\n" % peer)
+    lines.append(b"X-Forwarded-Proto: %s\r\n" % (first.get(b"x-forwarded-proto") or _SCHEMES[request.scheme]))
+    lines.append(b"X-Forwarded-Host: %s\r\n" % (first.get(b"x-forwarded-host") or first.get(b"host", b"")))
+    length = first.get(b"content-length")
+    return HeaderBlock(lines, content_length=length.strip() if length is not None else None)
+
+
+_SCHEMES = {"http": b"http", "https": b"https"}
 
 
 async def forward(
     request: Request,
     transport: Transport,
     url: str,
-    headers: CIMultiDict[str],
+    headers: HeaderBlock,
     upstream_timeout: float,
     extra_headers: Mapping[str, str] | None = None,
 ) -> Forwarded:
@@ -94,24 +100,19 @@ async def forward(
         status = upstream.status
         reason = upstream.reason or None
         bodiless = request.method == "HEAD" or status in (204, 304) or status < 200
-        length = upstream.headers.get("Content-Length", "")
-        if not bodiless and length.isdigit() and int(length) <= SMALL_BODY:
+        fields, length, dated = _response_fields(upstream.raw_headers, extra_headers)
+        if not bodiless and length is not None and length <= SMALL_BODY:
             # Small answers (most API responses) are read whole and sent in one write: half the syscalls.
             try:
                 body = await upstream.read()
             except UpstreamError as exc:
                 json_error(502, "bad_gateway", str(exc)).send(request)
                 return Forwarded(502, upstream_seconds, exc.kind)
-            answer = _response_headers(upstream.headers, extra_headers, True)
-            request.respond(status, answer, body, reason=reason, date="Date" not in upstream.headers)
+            request.respond_encoded(status, fields, body, reason=reason, date=not dated)
             return Forwarded(status, upstream_seconds)
-        request.start(
-            status,
-            _response_headers(upstream.headers, extra_headers, False),
-            reason=reason,
-            length=int(length) if length.isdigit() else None,
-            date="Date" not in upstream.headers,  # one Date: the upstream's, else ours
-        )
+        if length is not None:
+            fields += b"Content-Length: %d\r\n" % length
+        request.start_encoded(status, fields, reason=reason, length=length, date=not dated)  # one Date
         if not bodiless:
             try:
                 async for chunk in upstream.iter_chunks():
@@ -129,30 +130,54 @@ async def forward(
     return Forwarded(status, upstream_seconds)
 
 
-def _response_headers(
-    upstream: CIMultiDictProxy[str], extra: Mapping[str, str] | None, drop_length: bool
-) -> list[tuple[str, str]]:
-    """The upstream's headers minus hop-by-hop ones (and any it names in Connection), plus ours."""
-    dropped = _HOP_BY_HOP_AND_LENGTH if drop_length else HOP_BY_HOP
+def _response_fields(
+    upstream: Sequence[tuple[bytes, bytes]], extra: Mapping[str, str] | None
+) -> tuple[bytes, int | None, bool]:
+    """The upstream's header lines minus hop-by-hop ones (those it names in Connection too) and its
+    Content-Length, plus ours; with the Content-Length (None if none or not a number) and whether it
+    sent a Date (ours is added only without one)."""
+    dropped = _dropped_downstream(tuple(extra)) if extra else _HOP_BY_HOP_AND_LENGTH
+    length: int | None = None
+    dated = False
+    named: set[bytes] | None = None  # what the upstream's Connection header names, beyond hop-by-hop ones
+    keys: list[bytes] = []
+    lines: list[bytes] = []
+    for name, value in upstream:
+        key = name.lower()
+        if key in _WATCHED:
+            if key == b"date":
+                dated = True
+            elif key == b"content-length":
+                if length is None and value.strip().isdigit():
+                    length = int(value)
+                continue
+            else:  # connection
+                tokens = {t.strip().lower() for t in value.split(b",")} - _HOP_BY_HOP_B - {b""}
+                named = tokens if named is None else named | tokens
+                continue
+        if key not in dropped:
+            keys.append(key)
+            lines.append(b"%s: %s\r\n" % (name, value))
+    if named:
+        lines = [line for key, line in zip(keys, lines, strict=True) if key not in named]
+    fields = b"".join(lines)
     if extra:
-        dropped = _dropped_downstream(drop_length, tuple(extra))  # ours replace the upstream's of the same name
-    connection = upstream.get("Connection")
-    if connection:
-        dropped = dropped | {t.strip().lower() for t in connection.split(",") if t.strip()}
-    headers = [(k, v) for k, v in upstream.items() if k.lower() not in dropped]
-    if extra:
-        headers.extend(extra.items())
-    return headers
+        fields += "".join([f"{k}: {v}\r\n" for k, v in extra.items()]).encode("latin-1", "replace")
+    return fields, length, dated
+
+
+_WATCHED = frozenset({b"content-length", b"date", b"connection"})
 
 
 @functools.lru_cache(maxsize=256)
-def _dropped_upstream(strip: tuple[str, ...]) -> frozenset[str]:
-    """Hop-by-hop headers, Host and a service's credential headers: one set per service, not per request."""
-    return HOP_BY_HOP | {"host"} | {n.lower() for n in strip}
+def _dropped_upstream(strip: tuple[str, ...]) -> frozenset[bytes]:
+    """Hop-by-hop headers, Host, the X-Forwarded-* we set and a service's credential headers: one set per
+    service, not per request."""
+    return _UPSTREAM_DROPPED | {n.lower().encode("latin-1", "replace") for n in strip}
 
 
 @functools.lru_cache(maxsize=256)
-def _dropped_downstream(drop_length: bool, extra: tuple[str, ...]) -> frozenset[str]:
-    """Hop-by-hop headers (and Content-Length) plus the names of ours, once per set of names (the limiter's
+def _dropped_downstream(extra: tuple[str, ...]) -> frozenset[bytes]:
+    """Hop-by-hop headers and Content-Length plus the names of ours, once per set of names (the limiter's
     RateLimit-* headers are the same few names on every answer)."""
-    return (_HOP_BY_HOP_AND_LENGTH if drop_length else HOP_BY_HOP) | {k.lower() for k in extra}
+    return _HOP_BY_HOP_AND_LENGTH | {k.lower().encode("latin-1", "replace") for k in extra}

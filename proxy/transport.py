@@ -5,7 +5,7 @@ HTTP client can replace aiohttp's without touching any other step.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -39,23 +39,91 @@ class UpstreamTimeout(UpstreamError):
         super().__init__("upstream_timeout", message)
 
 
+class HeaderBlock:
+    """A request's header lines ready for the wire, with what a transport must know about their framing.
+
+    Forwarding builds one from the client's fields without decoding them (`lines`); `of` builds one from
+    str pairs and refuses line breaks, so no caller can split a header into two.
+    """
+
+    __slots__ = ("content_length", "has_host", "lines", "transfer_encoding")
+
+    def __init__(
+        self,
+        lines: list[bytes],
+        *,
+        has_host: bool = False,
+        content_length: bytes | None = None,
+        transfer_encoding: bool = False,
+    ) -> None:
+        self.lines = lines  # b"Name: value\r\n" each
+        self.has_host = has_host
+        self.content_length = content_length  # the Content-Length line's value, if one is among `lines`
+        self.transfer_encoding = transfer_encoding  # a Transfer-Encoding line is among `lines`
+
+    @classmethod
+    def of(cls, headers: Iterable[tuple[str, str]] | None = None) -> HeaderBlock:
+        """From str pairs; ValueError for a name or value that would break the head (CR, LF, NUL)."""
+        lines: list[bytes] = []
+        has_host = chunked = False
+        length: bytes | None = None
+        for name, value in headers or ():
+            if _BREAKS.intersection(name) or _BREAKS.intersection(value) or not name or ":" in name:
+                raise ValueError(f"header {name!r} cannot be sent: a line break, NUL or colon in it")
+            encoded = value.encode("utf-8", "surrogateescape")
+            lines.append(name.encode("latin-1") + b": " + encoded + b"\r\n")
+            lower = name.lower()
+            if lower == "host":
+                has_host = True
+            elif lower == "content-length" and length is None:
+                length = encoded.strip()
+            elif lower == "transfer-encoding":
+                chunked = True
+        return cls(lines, has_host=has_host, content_length=length, transfer_encoding=chunked)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The lines as str pairs (for clients that want them so, like aiohttp)."""
+        out = []
+        for line in self.lines:
+            name, _, value = line[:-2].partition(b":")
+            out.append((name.decode("latin-1"), value.strip().decode("utf-8", "surrogateescape")))
+        return out
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(n.lower() == name.lower() for n, _ in self.pairs())
+
+    def __repr__(self) -> str:
+        return f"<HeaderBlock {len(self.lines)} lines>"
+
+
+_BREAKS = frozenset("\r\n\x00")
+
+
 @dataclass(slots=True)
 class UpstreamRequest:
     """What to send: `url` is already percent-encoded; the body is an async iterator so uploads stream."""
 
     method: str
     url: str
-    headers: CIMultiDict[str]
+    headers: HeaderBlock
     body: AsyncIterator[bytes] | None
     timeout: float
 
 
 class UpstreamResponse(Protocol):
-    """A response whose body is read in chunks; release it when done (returns the connection to the pool)."""
+    """A response whose body is read in chunks; release it when done (returns the connection to the pool).
+
+    `raw_headers` are the fields as received (name, value) in bytes: forwarding passes them on without
+    decoding; `headers` is the same, decoded, for anyone who reads them."""
 
     status: int
     reason: str
-    headers: CIMultiDictProxy[str]
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def raw_headers(self) -> Sequence[tuple[bytes, bytes]]: ...
 
     def iter_chunks(self) -> AsyncIterator[bytes]: ...
 
@@ -83,6 +151,7 @@ class _AiohttpResponse:
         self.status = response.status
         self.reason = response.reason or ""
         self.headers = response.headers
+        self.raw_headers = response.raw_headers
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
@@ -147,7 +216,7 @@ class AiohttpTransport:
                 response = await session.request(
                     request.method,
                     URL(request.url, encoded=True),  # the client's path and query, byte for byte
-                    headers=request.headers,
+                    headers=CIMultiDict(request.headers.pairs()),
                     data=request.body,
                     allow_redirects=False,
                     compress=None,

@@ -151,6 +151,9 @@ def make_upstream_app(upstream: Upstream) -> web.Application:
                 await response.write(f"part{i};".encode())
             await response.write_eof()
             return response
+        if request.path.startswith("/hop"):  # names a header of its own in Connection: hop-by-hop too
+            headers = {"Connection": "keep-alive, X-Internal", "X-Internal": "secret", "X-Upstream": "yes"}
+            return web.json_response(record, headers=headers)
         if request.path.startswith("/status/"):
             return web.json_response(record, status=int(request.path.rsplit("/", 1)[1]))
         if request.path.startswith("/download"):

@@ -23,12 +23,12 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ..transport import UpstreamRefused, UpstreamRequest, UpstreamResponse, UpstreamTimeout
+from ..transport import HeaderBlock, UpstreamRefused, UpstreamRequest, UpstreamResponse, UpstreamTimeout
 
 BODY_HIGH_WATER = 256 * 1024  # response bytes buffered before the upstream socket stops being read
 _GET_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no Content-Length: 0 without a body (as aiohttp)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding"})
 _CHUNKED_END = b"0\r\n\r\n"
 
 # request body framing
@@ -55,16 +55,17 @@ class _Response:
         "_conn",
         "_eof_ends",
         "_error",
-        "_fields",
+        "_framing",
         "_got_bytes",
         "_head_request",
+        "_headers",
         "_informational",
         "_loop",
         "_size",
         "_timeout",
         "_waiter",
         "complete",
-        "headers",
+        "raw_headers",
         "reason",
         "status",
     )
@@ -76,8 +77,9 @@ class _Response:
         self._head_request = head_request
         self.status = 0
         self.reason = ""
-        self.headers = _NO_HEADERS
-        self._fields: list[tuple[str, str]] = []
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self._headers: CIMultiDictProxy[str] | None = None
+        self._framing: dict[bytes, bytes] = {}  # the first Connection, Content-Length, Transfer-Encoding
         self._chunks: list[bytes] = []
         self._size = 0
         self.complete = False
@@ -86,6 +88,15 @@ class _Response:
         self._informational = False  # inside a 1xx answer, which is skipped
         self._eof_ends = False  # neither Content-Length nor chunked: the body ends when the connection does
         self._waiter: asyncio.Future[bool] | None = None
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The fields decoded, on first use (forwarding passes `raw_headers` on as they are)."""
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(
+                CIMultiDict([(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in self.raw_headers])
+            )
+        return self._headers
 
     # fed by the connection
 
@@ -278,7 +289,10 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         response = self._response
         if response is not None:
-            response._fields.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+            response.raw_headers.append((name, value))
+            key = name.lower()
+            if key in _FRAMING and key not in response._framing:
+                response._framing[key] = value
 
     def on_headers_complete(self) -> None:
         response = self._response
@@ -292,14 +306,14 @@ class _Connection(asyncio.Protocol):
             else:  # 100 Continue, 102, 103: skipped, the real answer follows
                 response._informational = True
                 response.reason = ""
-                response._fields = []
+                response.raw_headers = []
+                response._framing = {}
             return
-        headers = CIMultiDictProxy(CIMultiDict(response._fields))
-        response.headers = headers
+        framing = response._framing
         response.status = status
         if response._head_request:
-            connection = headers.get("Connection", "").lower()
-            keep = "close" not in connection and (parser.get_http_version() == "1.1" or "keep-alive" in connection)
+            connection = framing.get(b"connection", b"").lower()
+            keep = b"close" not in connection and (parser.get_http_version() == "1.1" or b"keep-alive" in connection)
             # httptools cannot be told a HEAD answer has no body: it is complete here, and a fresh parser
             # takes the next answer (whatever this one's framing headers promised, nothing more may come)
             self._parser = httptools.HttpResponseParser(self)
@@ -308,9 +322,9 @@ class _Connection(asyncio.Protocol):
             self._message_done(keep)
             return
         keep = parser.should_keep_alive()
-        if status != 204 and status != 304 and "Content-Length" not in headers:
-            encoding = headers.get("Transfer-Encoding")
-            response._eof_ends = encoding is None or not encoding.lower().rstrip().endswith("chunked")
+        if status != 204 and status != 304 and b"content-length" not in framing:
+            encoding = framing.get(b"transfer-encoding")
+            response._eof_ends = encoding is None or not encoding.lower().rstrip().endswith(b"chunked")
             keep = keep and not response._eof_ends
         self._keep = keep
         _wake(response._waiter)
@@ -774,35 +788,27 @@ async def _pump_rest(
         conn._upload_done()
 
 
-def _head(
-    method: str, target: str, headers: CIMultiDict[str], host_line: str, has_body: bool
-) -> tuple[bytes, int, int]:
+def _head(method: str, target: str, headers: HeaderBlock, host_line: str, has_body: bool) -> tuple[bytes, int, int]:
     """The request line and headers, and how the body is framed (with its declared length)."""
-    if " " in target:
-        raise UpstreamRefused("the request target contains a space")
-    host = "" if "Host" in headers else host_line
-    extra = ""  # the body's framing
+    if " " in target or "\r" in target or "\n" in target:
+        raise UpstreamRefused("the request target contains a space or a line break")
+    host = "" if headers.has_host else host_line
+    extra = b""  # the body's framing
     framing, length = _NONE, 0
+    declared = headers.content_length
     if not has_body:
-        if method not in _GET_METHODS and "Content-Length" not in headers and "Transfer-Encoding" not in headers:
-            extra = "Content-Length: 0\r\n"
-    elif "Content-Length" in headers:
-        declared = headers["Content-Length"].strip()
+        if method not in _GET_METHODS and declared is None and not headers.transfer_encoding:
+            extra = b"Content-Length: 0\r\n"
+    elif declared is not None:
         if not declared.isdigit():
             raise UpstreamRefused("the request's Content-Length is not a number")
         framing, length = _LENGTH, int(declared)
     else:
         framing = _CHUNKED
-        if "Transfer-Encoding" not in headers:
-            extra = "Transfer-Encoding: chunked\r\n"
-    fields = "\r\n".join(map(": ".join, headers.items()))
-    if fields:
-        fields += "\r\n"
-    text = f"{method} {target} HTTP/1.1\r\n{host}{fields}{extra}\r\n"
-    count = 2 + len(headers) + (1 if host else 0) + (1 if extra else 0)  # request line, fields, blank line
-    if text.count("\n") != count or text.count("\r") != count:
-        raise UpstreamRefused("a request header contains a line break")
+        if not headers.transfer_encoding:
+            extra = b"Transfer-Encoding: chunked\r\n"
     try:
-        return text.encode("utf-8", "surrogateescape"), framing, length
+        line = f"{method} {target} HTTP/1.1\r\n{host}".encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
-        raise UpstreamRefused("a request header cannot be encoded") from None
+        raise UpstreamRefused("the request target cannot be encoded") from None
+    return line + b"".join(headers.lines) + extra + b"\r\n", framing, length

@@ -19,8 +19,10 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
+from multidict import MultiDictProxy
 from yarl import URL
+
+from .headers import Headers, encode_fields
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +177,7 @@ class Request:
         conn: _Connection,
         method: str,
         target: str,
-        headers: CIMultiDictProxy[str],
+        headers: Headers,
         version: str,
         keep_alive: bool,
         body: Body | None,
@@ -217,7 +219,7 @@ class Request:
 
     @property
     def host(self) -> str:
-        return self.headers.get("Host", "")
+        return self.headers.get_lower(b"host", "")
 
     @property
     def body_exists(self) -> bool:
@@ -228,9 +230,7 @@ class Request:
         """True once the status line is out: from then on a failure can only cut the connection."""
         return self._state != _NOT_STARTED
 
-    def _head(
-        self, status: int, reason: str | None, headers: Iterable[tuple[str, str]], extra: str, date: bool
-    ) -> bytes:
+    def _head(self, status: int, reason: str | None, fields: bytes, extra: str, date: bool) -> bytes:
         line = _STATUS_LINES.get(status) if reason is None else None
         if line is None:
             phrase = reason if reason is not None else _phrase(status)
@@ -242,10 +242,9 @@ class Request:
             extra += "Connection: close\r\n"
         elif self.version == "1.0":
             extra += "Connection: keep-alive\r\n"
-        fields = "".join([f"{k}: {v}\r\n" for k, v in headers])
         if date:
-            fields += _DateHeader.get()
-        return line + (fields + extra + "\r\n").encode("utf-8", "surrogateescape")
+            extra += _DateHeader.get()
+        return line + fields + extra.encode("latin-1") + b"\r\n"
 
     def respond(
         self,
@@ -258,12 +257,18 @@ class Request:
     ) -> None:
         """The whole answer in one write; Content-Length is added here (the caller must not send one), and
         Date unless `date` is False (the headers carry one: it is a singleton field)."""
+        self.respond_encoded(status, encode_fields(headers), body, reason=reason, date=date)
+
+    def respond_encoded(
+        self, status: int, fields: bytes, body: bytes = b"", *, reason: str | None = None, date: bool = True
+    ) -> None:
+        """respond() with the header lines already on the wire's form (`Name: value\\r\\n` each)."""
         if self._state != _NOT_STARTED:
             raise RuntimeError("the answer has already started")
         self._state = _DONE
         bodiless = status in _NO_BODY_STATUS or status < 200
         extra = "" if bodiless else f"Content-Length: {len(body)}\r\n"
-        head = self._head(status, reason, headers, extra, date)
+        head = self._head(status, reason, fields, extra, date)
         self._conn._write(head if bodiless or self.method == "HEAD" else head + body)
         self._conn._answered(self)
 
@@ -279,6 +284,12 @@ class Request:
         """Send the head of a streamed answer: `length` is the Content-Length already in `headers`, or None
         for a body of unknown length (chunked to HTTP/1.1 clients, ended by closing for HTTP/1.0); Date as
         in respond()."""
+        self.start_encoded(status, encode_fields(headers), reason=reason, length=length, date=date)
+
+    def start_encoded(
+        self, status: int, fields: bytes, *, reason: str | None = None, length: int | None = None, date: bool = True
+    ) -> None:
+        """start() with the header lines already encoded, as in respond_encoded()."""
         if self._state != _NOT_STARTED:
             raise RuntimeError("the answer has already started")
         self._state = _STREAMING
@@ -290,7 +301,7 @@ class Request:
             else:
                 self._chunked = True
                 extra = "Transfer-Encoding: chunked\r\n"
-        self._conn._write(self._head(status, reason, headers, extra, date))
+        self._conn._write(self._head(status, reason, fields, extra, date))
 
     async def write(self, data: bytes) -> None:
         """One piece of a streamed body; waits while the client reads slower than the upstream sends."""
@@ -336,7 +347,8 @@ class _Connection(asyncio.Protocol):
         self._peer: str | None = None
         self._url: list[bytes] = []
         self._url_size = 0
-        self._fields: list[tuple[str, str]] = []
+        self._fields: list[tuple[bytes, bytes, bytes]] = []
+        self._first: dict[bytes, bytes] = {}
         self._head_size = 0
         self._parsing: Request | None = None  # the request whose head/body is being received
         self._active: Request | None = None  # the request being answered
@@ -409,6 +421,7 @@ class _Connection(asyncio.Protocol):
         self._url.clear()
         self._url_size = 0
         self._fields = []
+        self._first = {}
         self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
@@ -428,16 +441,21 @@ class _Connection(asyncio.Protocol):
                 f"Request headers exceed the limits ({MAX_HEADERS} fields, {MAX_FIELD} bytes each)",
             )
             raise self._reject
-        self._fields.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+        key = name.lower()
+        self._fields.append((key, name, value))
+        first = self._first
+        if key not in first:
+            first[key] = value
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        headers = CIMultiDictProxy(CIMultiDict(self._fields))
+        first = self._first
+        headers = Headers(self._fields, first)
         target = b"".join(self._url).decode("utf-8", "surrogateescape")
         body: Body | None = None
-        length = headers.get("Content-Length")
-        if "Transfer-Encoding" in headers or (length is not None and length != "0"):
-            expect = headers.get("Expect", "").lower() == "100-continue"
+        length = first.get(b"content-length")
+        if b"transfer-encoding" in first or (length is not None and length != b"0"):
+            expect = first.get(b"expect", b"").lower() == b"100-continue"
             body = Body(self, expect)
         request = Request(
             self,

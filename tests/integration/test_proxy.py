@@ -60,6 +60,17 @@ async def test_valid_key_reaches_upstream_with_body_and_headers_intact(emulator,
     assert reported_totals(emulator) == {"hits": 1}
 
 
+async def test_headers_the_upstream_names_in_connection_stop_at_the_proxy(
+    emulator, upstream, make_proxy, http, redis_url
+):
+    proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url))
+    async with http.get(url(proxy, "/hop"), headers={"x-api-key": KEY}) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Upstream"] == "yes" and "X-Internal" not in resp.headers
+        assert len(resp.headers.getall("Date")) == 1
+        assert int(resp.headers["Content-Length"]) == len(await resp.read())
+
+
 async def test_cached_key_makes_no_call_but_upstream(emulator, upstream, make_proxy, http, redis_url):
     proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, redis_url))
     for _ in range(20):

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy.http.client import H1Transport
 from proxy.transport import (
     AiohttpTransport,
+    HeaderBlock,
     Transport,
     UpstreamRefused,
     UpstreamRequest,
@@ -233,7 +233,8 @@ def req(
     body: AsyncIterator[bytes] | None = None,
     timeout: float = 10.0,
 ) -> UpstreamRequest:
-    return UpstreamRequest(method, url, CIMultiDict(headers or {}), body, timeout)
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return UpstreamRequest(method, url, HeaderBlock.of(pairs), body, timeout)
 
 
 async def chunks_of(*parts: bytes) -> AsyncIterator[bytes]:
@@ -697,11 +698,11 @@ async def test_waiting_for_a_free_connection_is_bounded_by_the_timeout(
 # ------------------------------------------------------------------------------------------------ h1 only
 
 
-async def test_h1_refuses_a_line_break_in_a_header(raw_server: Callable[[RawHandler], Awaitable[RawServer]]) -> None:
+async def test_h1_refuses_a_line_break_in_the_target(raw_server: Callable[[RawHandler], Awaitable[RawServer]]) -> None:
     server = await raw_server(answer_ok_forever)
     async with H1Transport() as transport:
         with pytest.raises(UpstreamRefused):
-            await transport.send(req(server.url + "/", headers={"X-A": "b\r\nX-Injected: 1"}))
+            await transport.send(req(server.url + "/a\r\nX-Injected: 1"))
     assert server.heads == []
 
 

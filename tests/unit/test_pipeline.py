@@ -23,7 +23,8 @@ class Answer:
     def __init__(self, status: int, body: bytes) -> None:
         self.status = status
         self.reason = "OK"
-        self.headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "text/plain", "X-Upstream": "yes"}))
+        self.raw_headers = [(b"Content-Type", b"text/plain"), (b"X-Upstream", b"yes")]
+        self.headers = CIMultiDictProxy(CIMultiDict([(k.decode(), v.decode()) for k, v in self.raw_headers]))
         self._body = body
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
