@@ -207,6 +207,7 @@ class ProxyServer:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
+        self.metrics.flush()  # with workers, a stopped worker's counts stay in its files: write them first
         log.info("threescale-proxy stopped", extra={"fields": {"seconds": round(time.monotonic() - started, 3)}})
 
 

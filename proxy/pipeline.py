@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -34,7 +34,6 @@ from .usage import UsageRecorder
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
 
-_MAX_BOUND_CHILDREN = 4096  # (service, method, status, stage) kept bound; the method is the client's to choose
 _NO_QUERY: Mapping[str, str] = MappingProxyType({})  # request.query parses on first use: skip it when unused
 
 
@@ -98,8 +97,7 @@ class Pipeline:
         self._gateway = gateway
         self._access_log = access_log_enabled
         self._clock = clock
-        self._request_counters: dict[tuple[str, str, int, str], Callable[[], None]] = {}
-        self._observe_duration = metrics.request_duration.observe
+        self._record = metrics.record_request
         self.in_flight = 0  # requests being handled: shutdown waits for them
         self.idle = asyncio.Event()
         self.idle.set()
@@ -177,8 +175,6 @@ class Pipeline:
         outcome.error = forwarded.error
         if forwarded.error:
             self._metrics.errors.labels(forwarded.error).inc()
-        if forwarded.upstream_seconds is not None:
-            self._metrics.upstream_duration.observe(forwarded.upstream_seconds)
         return None
 
     def _error(self, service: ServiceSettings, kind: str, outcome: _Outcome, **extra: str) -> Reply:
@@ -197,16 +193,7 @@ class Pipeline:
 
     def _finish(self, request: Request, outcome: _Outcome, seconds: float) -> None:
         stage = request.headers.get(self._gateway.stage_header, "") if self._gateway.stage_header else ""
-        labels = (outcome.service, request.method, outcome.status, stage)
-        counter = self._request_counters.get(labels)
-        if counter is None:  # bound children: .labels() costs more than the increment itself
-            if len(self._request_counters) >= _MAX_BOUND_CHILDREN:
-                self._request_counters.clear()
-            counter = self._request_counters[labels] = self._metrics.requests.labels(
-                outcome.service, request.method, str(outcome.status), stage
-            ).inc
-        counter()
-        self._observe_duration(seconds)
+        self._record((outcome.service, request.method, outcome.status, stage), seconds, outcome.upstream_seconds)
         if not self._access_log or not access_log.isEnabledFor(logging.INFO):
             return
         creds = outcome.credentials
