@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple
 
 from .config import CacheSettings, ServiceSettings
 from .decisions import (
@@ -35,12 +35,6 @@ from .threescale.models import AppCredentials, AuthStatus, UsageReport
 log = logging.getLogger(__name__)
 
 LocalKey = tuple[str, AppCredentials]  # (service id, credentials)
-
-
-class _Inc(Protocol):
-    """A bound Prometheus counter child."""
-
-    def inc(self, amount: float = 1) -> None: ...
 
 
 Layer = Literal["local", "redis", "backend", "stale", "fallback"]
@@ -88,7 +82,6 @@ class Authorizer:
         # the first answer from 3scale afterwards starts a new one, so every such decision is a miss at once.
         self._outage = 0
         self._backend_down = False
-        self._hit_counters: dict[str, _Inc] = {}  # service id → its local-hit counter, bound once (hot path)
 
     async def authorize(self, service: ServiceSettings, credentials: AppCredentials) -> AuthResult:
         """The decision for these credentials; never raises for Redis or 3scale failures."""
@@ -100,10 +93,7 @@ class Authorizer:
             and now < entry.decision.fresh_until
             and (entry.outage is None or entry.outage == self._outage)
         ):
-            hits = self._hit_counters.get(service.id)
-            if hits is None:
-                hits = self._hit_counters[service.id] = self._metrics.auth_cache.labels(service.id, "local", "hit")
-            hits.inc()
+            self._metrics.record_local_hit(service.id)
             if now >= entry.check_after and local_key not in self._refreshing:
                 self._start_refresh(service, local_key, entry)
             return AuthResult(entry.decision, "local")

@@ -62,7 +62,9 @@ def upstream_headers(request: Request, strip: tuple[str, ...] = (), client_ip: s
     dropped = _dropped_upstream(strip)
     connection = first.get(b"connection")
     if connection:
-        dropped = dropped | {t.strip().lower() for t in connection.split(b",") if t.strip()}
+        named = _named_in_connection(connection)
+        if named:
+            dropped = dropped | named
     lines = [b"%s: %s\r\n" % (name, value) for key, name, value in source.fields if key not in dropped]
     peer = (request.remote or "").encode("latin-1", "replace")
     previous = first.get(b"x-forwarded-for") or (client_ip.encode("utf-8", "surrogateescape") if client_ip else b"")
@@ -139,34 +141,33 @@ def _response_fields(
     dropped = _dropped_downstream(tuple(extra)) if extra else _HOP_BY_HOP_AND_LENGTH
     length: int | None = None
     dated = False
-    named: set[bytes] | None = None  # what the upstream's Connection header names, beyond hop-by-hop ones
-    keys: list[bytes] = []
+    named: frozenset[bytes] = frozenset()  # what the upstream's Connection header names, beyond hop-by-hop
     lines: list[bytes] = []
     for name, value in upstream:
         key = name.lower()
-        if key in _WATCHED:
-            if key == b"date":
-                dated = True
-            elif key == b"content-length":
+        if key in dropped:
+            if key == b"content-length":
                 if length is None and value.strip().isdigit():
                     length = int(value)
-                continue
-            else:  # connection
-                tokens = {t.strip().lower() for t in value.split(b",")} - _HOP_BY_HOP_B - {b""}
-                named = tokens if named is None else named | tokens
-                continue
-        if key not in dropped:
-            keys.append(key)
-            lines.append(b"%s: %s\r\n" % (name, value))
-    if named:
-        lines = [line for key, line in zip(keys, lines, strict=True) if key not in named]
+            elif key == b"connection":
+                named |= _named_in_connection(value)
+            continue
+        if key == b"date":
+            dated = True
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if named:  # rare: an upstream that declares a header of its own hop-by-hop
+        dropped = dropped | named
+        lines = [b"%s: %s\r\n" % (n, v) for n, v in upstream if n.lower() not in dropped]
     fields = b"".join(lines)
     if extra:
         fields += "".join([f"{k}: {v}\r\n" for k, v in extra.items()]).encode("latin-1", "replace")
     return fields, length, dated
 
 
-_WATCHED = frozenset({b"content-length", b"date", b"connection"})
+@functools.lru_cache(maxsize=256)
+def _named_in_connection(value: bytes) -> frozenset[bytes]:
+    """The field names a Connection header lists beyond the hop-by-hop ones (`keep-alive`, `close`: none)."""
+    return frozenset(t.strip().lower() for t in value.split(b",")) - _HOP_BY_HOP_B - {b"", b"close"}
 
 
 @functools.lru_cache(maxsize=256)

@@ -117,6 +117,12 @@ class Metrics:
         Performance). /metrics flushes first, so its own process is always current."""
         self._pending.add(labels, seconds, upstream_seconds)
 
+    def record_local_hit(self, service_id: str) -> None:
+        """An authorization answered from this process's cache (the auth_cache counter's hot label set)."""
+        hits = self._pending.hits
+        hits[service_id] = hits.get(service_id, 0) + 1
+        self._pending.schedule()
+
     def flush(self) -> None:
         """Hand the requests counted since the last flush to prometheus_client (and, with workers, its files)."""
         self._pending.flush()
@@ -130,7 +136,7 @@ class Metrics:
 class _PendingRequests:
     """Request counts and latency histograms between flushes; a flush is scheduled by the first count after one."""
 
-    __slots__ = ("_bounds", "_counts", "_delay", "_durations", "_metrics", "_scheduled", "_upstream")
+    __slots__ = ("_bounds", "_counts", "_delay", "_durations", "_metrics", "_scheduled", "_upstream", "hits")
 
     def __init__(self, metrics: Metrics, delay: float) -> None:
         self._metrics = metrics
@@ -139,6 +145,7 @@ class _PendingRequests:
         self._counts: dict[RequestLabels, int] = {}
         self._durations = _Buckets(len(self._bounds))
         self._upstream = _Buckets(len(self._bounds))
+        self.hits: dict[str, int] = {}  # service id → local cache hits
         self._scheduled = False
 
     def add(self, labels: RequestLabels, seconds: float, upstream_seconds: float | None) -> None:
@@ -148,6 +155,11 @@ class _PendingRequests:
         self._durations.add(bisect_left(bounds, seconds), seconds)
         if upstream_seconds is not None:
             self._upstream.add(bisect_left(bounds, upstream_seconds), upstream_seconds)
+        if not self._scheduled:
+            self.schedule()
+
+    def schedule(self) -> None:
+        """The next flush, unless one is due already."""
         if not self._scheduled:
             self._scheduled = True
             try:
@@ -161,6 +173,9 @@ class _PendingRequests:
         requests = self._metrics.requests
         for (service, method, status, stage), n in counts.items():
             requests.labels(service, method, str(status), stage).inc(n)
+        hits, self.hits = self.hits, {}
+        for service, n in hits.items():
+            self._metrics.auth_cache.labels(service, "local", "hit").inc(n)
         self._durations.move_to(self._metrics.request_duration)
         self._upstream.move_to(self._metrics.upstream_duration)
 

@@ -64,3 +64,13 @@ async def test_counts_reach_prometheus_client_after_the_flush_delay_without_a_sc
     assert metrics.registry.get_sample_value(count, labels) == 2.0
     metrics.record_request(("svc", "GET", 200, ""), 0.001, None)  # the next count schedules the next flush
     await eventually(lambda: metrics.registry.get_sample_value(count, labels) == 3.0, timeout=5, what="a second flush")
+
+
+def test_local_cache_hits_are_counted_in_the_auth_cache_family() -> None:
+    metrics = Metrics()
+    for _ in range(3):
+        metrics.record_local_hit("svc")
+    metrics.record_local_hit("other")
+    text = metrics.render().decode()
+    assert 'threescale_proxy_auth_cache_total{layer="local",result="hit",service="svc"} 3.0' in text
+    assert 'threescale_proxy_auth_cache_total{layer="local",result="hit",service="other"} 1.0' in text
