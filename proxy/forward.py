@@ -58,7 +58,7 @@ def upstream_headers(request: Request, strip: tuple[str, ...] = (), client_ip: s
     The client's fields pass as the bytes they came in (the parser has refused any with a line break).
     """
     source = request.headers
-    first = source._first
+    first = source.first
     dropped = _dropped_upstream(strip)
     connection = first.get(b"connection")
     if connection:

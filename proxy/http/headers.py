@@ -58,6 +58,11 @@ class Headers(Mapping[str, str]):
         """The fields as parsed, in order: what forwarding passes on without decoding."""
         return self._fields
 
+    @property
+    def first(self) -> Mapping[bytes, bytes]:
+        """Lower-cased name → the first value sent under it, undecoded (forwarding reads these)."""
+        return self._first
+
     def get_lower(self, key: bytes, default: str = "") -> str:
         """The first value under an already lower-cased name: the hot path's lookup, no key conversion."""
         value = self._first.get(key)
