@@ -89,9 +89,6 @@ class HeaderBlock:
             out.append((name.decode("latin-1"), value.strip().decode("utf-8", "surrogateescape")))
         return out
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(n.lower() == name.lower() for n, _ in self.pairs())
-
     def __repr__(self) -> str:
         return f"<HeaderBlock {len(self.lines)} lines>"
 

@@ -68,10 +68,6 @@ class Headers(Mapping[str, str]):
         value = self._first.get(key)
         return default if value is None else _text(value)
 
-    def raw(self, name: str) -> bytes | None:
-        """The first value as sent, undecoded."""
-        return self._first.get(key_of(name))
-
     @overload  # type: ignore[override]
     def get(self, name: str) -> str | None: ...
 

@@ -26,7 +26,7 @@ def test_undecodable_bytes_survive_the_round_trip() -> None:
     raw = b"caf\xe9"  # latin-1, not UTF-8: a client's bytes, passed on unchanged
     headers = Headers([(b"x-name", b"X-Name", raw)], {b"x-name": raw})
     value = headers["x-name"]
-    assert headers.raw("X-Name") == raw
+    assert headers.first[b"x-name"] == raw
     assert encode_fields([("X-Name", value)]) == b"X-Name: caf\xe9\r\n"
 
 
@@ -35,7 +35,6 @@ def test_a_block_knows_its_framing_headers() -> None:
     assert block.lines == [b"Host: h\r\n", b"Content-Length:  12 \r\n", b"X-A: b\r\n"]
     assert block.has_host and block.content_length == b"12" and not block.transfer_encoding
     assert block.pairs() == [("Host", "h"), ("Content-Length", "12"), ("X-A", "b")]
-    assert "x-a" in block and "x-b" not in block
     chunked = HeaderBlock.of([("Transfer-Encoding", "chunked")])
     assert chunked.transfer_encoding and chunked.content_length is None and not chunked.has_host
 
