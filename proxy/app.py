@@ -93,7 +93,7 @@ class ProxyServer:
 
         # The proxy port is served by our own listener (proxy.http.server): aiohttp's server cost more CPU
         # per request than everything else the proxy does; the metrics port stays on aiohttp.
-        self._proxy_server = HttpServer(self.pipeline.handle)
+        self._proxy_server = HttpServer(self.pipeline.handle, quick=self.pipeline.handle_now)
         host, port = parse_listen(self.settings.listen)
         self.port = await self._proxy_server.start(host, port, reuse_port=self.reuse_port)
         for loop in self._loops:

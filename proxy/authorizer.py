@@ -83,20 +83,22 @@ class Authorizer:
         self._outage = 0
         self._backend_down = False
 
+    def allowed_now(self, service: ServiceSettings, credentials: AppCredentials) -> AuthDecision | None:
+        """authorize() when its answer is an allowing decision held in this process (counted as a local hit);
+        None, with nothing counted, otherwise (authorize() then)."""
+        local_key = (service.id, credentials)
+        entry = self._local.get(local_key)
+        if entry is None or not entry.decision.allowed:
+            return None
+        return self._hit(service, local_key, entry, self._clock())
+
     async def authorize(self, service: ServiceSettings, credentials: AppCredentials) -> AuthResult:
         """The decision for these credentials; never raises for Redis or 3scale failures."""
         local_key = (service.id, credentials)  # a tuple of a str and a NamedTuple: hashed in C, no digest
         now = self._clock()
         entry = self._local.get(local_key)
-        if (
-            entry is not None
-            and now < entry.decision.fresh_until
-            and (entry.outage is None or entry.outage == self._outage)
-        ):
-            self._metrics.record_local_hit(service.id)
-            if now >= entry.check_after and local_key not in self._refreshing:
-                self._start_refresh(service, local_key, entry)
-            return AuthResult(entry.decision, "local")
+        if entry is not None and (decision := self._hit(service, local_key, entry, now)) is not None:
+            return AuthResult(decision, "local")
         self._metrics.auth_cache.labels(service.id, "local", "miss").inc()
         task = self._inflight.get(local_key)
         if task is None:
@@ -106,6 +108,17 @@ class Authorizer:
             task.add_done_callback(lambda _t: self._inflight.pop(local_key, None))
         # shield: one caller going away (client disconnect) must not cancel the lookup others wait for
         return await asyncio.shield(task)
+
+    def _hit(
+        self, service: ServiceSettings, local_key: LocalKey, entry: _LocalEntry, now: float
+    ) -> AuthDecision | None:
+        """The entry's decision if it may be served (fresh, and not decided in an earlier outage), counted."""
+        if now >= entry.decision.fresh_until or (entry.outage is not None and entry.outage != self._outage):
+            return None
+        self._metrics.record_local_hit(service.id)
+        if now >= entry.check_after and local_key not in self._refreshing:
+            self._start_refresh(service, local_key, entry)
+        return entry.decision
 
     async def close(self) -> None:
         """Cancel background refreshes and wait for in-flight lookups to end."""

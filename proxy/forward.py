@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+from .http.client import H1Response, H1Transport
 from .http.server import Request
 from .responses import json_error
-from .transport import HeaderBlock, Transport, UpstreamError, UpstreamRequest
+from .transport import (
+    HeaderBlock,
+    Transport,
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamRequest,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+
+log = logging.getLogger(__name__)
 
 SMALL_BODY = 64 * 1024
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer"
@@ -94,10 +108,21 @@ async def forward(
     try:
         upstream = await transport.send(upstream_request)
     except UpstreamError as exc:
-        status, error = (504, "upstream_timeout") if exc.kind == "upstream_timeout" else (502, "bad_gateway")
-        json_error(status, error, str(exc)).send(request)
-        return Forwarded(status, None, exc.kind)
-    upstream_seconds = time.perf_counter() - started
+        return _refused(request, exc, None)
+    return await _answer(request, upstream, time.perf_counter() - started, extra_headers)
+
+
+def _refused(request: Request, exc: UpstreamError, upstream_seconds: float | None) -> Forwarded:
+    """No usable answer from the upstream: 504 when it was too slow, else 502."""
+    status, error = (504, "upstream_timeout") if exc.kind == "upstream_timeout" else (502, "bad_gateway")
+    json_error(status, error, str(exc)).send(request)
+    return Forwarded(status, upstream_seconds, exc.kind)
+
+
+async def _answer(
+    request: Request, upstream: UpstreamResponse, upstream_seconds: float, extra_headers: Mapping[str, str] | None
+) -> Forwarded:
+    """Pass the upstream's answer on: small ones whole, the rest streamed."""
     try:
         status = upstream.status
         reason = upstream.reason or None
@@ -130,6 +155,171 @@ async def forward(
     finally:
         await upstream.release()
     return Forwarded(status, upstream_seconds)
+
+
+Done = Callable[[Forwarded | None], None]
+"""Told what forward() would have returned; None when the client went away first (forward() cancelled)."""
+
+
+def forward_now(
+    request: Request,
+    transport: H1Transport,
+    url: str,
+    headers: HeaderBlock,
+    upstream_timeout: float,
+    extra_headers: Mapping[str, str] | None,
+    done: Done,
+) -> bool:
+    """forward() without a task, for a request without a body while a kept-alive upstream connection is idle
+    (the common case); the same answers, and `done` is told the outcome. False when nothing was sent: await
+    forward() instead. What needs waiting beyond one small answer (a stale connection to retry, a large or
+    streamed body) goes on in a task of its own, through forward()'s code."""
+    try:
+        response = transport.start_now(request.method, url, headers, upstream_timeout)
+    except UpstreamError as exc:
+        done(_refused(request, exc, None))
+        return True
+    if response is None:
+        return False
+    _Quick(request, transport, url, headers, upstream_timeout, extra_headers, done, response)
+    return True
+
+
+class _Quick:
+    """One exchange followed by callbacks (H1 `notify`) until its answer is out or a task takes it over."""
+
+    __slots__ = (
+        "_deadline",
+        "_done",
+        "_ended",
+        "_extra",
+        "_head",
+        "_headers",
+        "_loop",
+        "_request",
+        "_response",
+        "_started",
+        "_task",
+        "_timeout",
+        "_transport",
+        "_upstream_seconds",
+        "_url",
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        transport: H1Transport,
+        url: str,
+        headers: HeaderBlock,
+        timeout: float,
+        extra: Mapping[str, str] | None,
+        done: Done,
+        response: H1Response,
+    ) -> None:
+        self._request = request
+        self._transport = transport
+        self._url = url
+        self._headers = headers
+        self._timeout = timeout
+        self._extra = extra
+        self._done = done
+        self._response = response
+        self._started = time.perf_counter()
+        self._upstream_seconds: float | None = None
+        self._head: tuple[bytes, int | None, bool] | None = None  # the answer's fields, length and Date, once
+        self._task: asyncio.Task[None] | None = None
+        self._ended = False
+        self._loop = asyncio.get_running_loop()
+        request.on_lost = self._lost
+        response.notify(self._loop.time() + timeout, self._news)
+
+    def _news(self, news: bool) -> None:
+        if self._ended or self._task is not None:
+            return
+        try:
+            self._step(news)
+        except Exception:
+            log.exception("unexpected error while forwarding a request")
+            self._response.abandon()
+            request = self._request
+            if request.started:
+                request.abort()
+            else:
+                json_error(500, "internal_error", "The proxy failed to handle the request").send(request)
+            self._end(Forwarded(500, self._upstream_seconds, "internal_error"))
+
+    def _step(self, news: bool) -> None:
+        response = self._response
+        request = self._request
+        if not news:
+            response.abandon()
+            if not response.status:
+                timeout = UpstreamTimeout(f"no response from the upstream within {self._timeout:g}s")
+                self._end(_refused(request, timeout, None))
+            else:  # as forward() answers a small body that stalls: the head came, so 502, not 504
+                json_error(502, "bad_gateway", "upstream stalled while sending the body").send(request)
+                self._end(Forwarded(502, self._upstream_seconds, "upstream_timeout"))
+            return
+        if not response.status:  # news before a head is a failure (interim 1xx answers wake no one)
+            if not response.got_bytes:  # a kept-alive connection the upstream had closed: send() tries again
+                self._later(self._again())
+            else:
+                self._end(_refused(request, UpstreamRefused(f"upstream failed: {response.error}"), None))
+            return
+        if self._upstream_seconds is None:
+            self._upstream_seconds = time.perf_counter() - self._started
+        head = self._head
+        if head is None:
+            head = self._head = _response_fields(response.raw_headers, self._extra)
+        fields, length, dated = head
+        status = response.status
+        small = length is not None and length <= SMALL_BODY and request.method != "HEAD" and status not in (204, 304)
+        if small and response.complete:
+            body = response.take_body()
+            request.respond_encoded(status, fields, body, reason=response.reason or None, date=not dated)
+            self._end(Forwarded(status, self._upstream_seconds))
+        elif small and response.error is None:
+            response.notify(self._loop.time() + self._timeout, self._news)  # the rest of a small body
+        else:  # bodiless, large, streamed or broken off: forward()'s own code, in a task
+            self._later(_answer(request, response, self._upstream_seconds, self._extra))
+
+    async def _again(self) -> Forwarded:
+        return await forward(self._request, self._transport, self._url, self._headers, self._timeout, self._extra)
+
+    def _later(self, work: Coroutine[Any, Any, Forwarded]) -> None:
+        self._task = self._loop.create_task(self._run(work))
+
+    async def _run(self, work: Coroutine[Any, Any, Forwarded]) -> None:
+        try:
+            forwarded: Forwarded | None = await work
+        except asyncio.CancelledError:
+            forwarded = None
+        except Exception:
+            log.exception("unexpected error while forwarding a request")
+            request = self._request
+            if request.started:
+                request.abort()
+            else:
+                json_error(500, "internal_error", "The proxy failed to handle the request").send(request)
+            forwarded = Forwarded(500, self._upstream_seconds, "internal_error")
+        self._end(forwarded)
+
+    def _lost(self) -> None:
+        """The client went away before its answer was out: stop the exchange (the connection cannot be reused)."""
+        if self._ended:
+            return
+        if self._task is not None:
+            self._task.cancel()  # _run ends it
+            return
+        self._response.abandon()
+        self._end(None)
+
+    def _end(self, forwarded: Forwarded | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._request.on_lost = None
+            self._done(forwarded)
 
 
 def _response_fields(

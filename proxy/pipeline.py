@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from . import credentials as creds_step
 from .authorizer import Authorizer
 from .clock import Clock, system_clock
 from .config import GatewaySettings, ServiceSettings
 from .decisions import AuthDecision
-from .forward import CLIENT_CLOSED, forward, upstream_headers, upstream_url
+from .forward import CLIENT_CLOSED, Forwarded, forward, forward_now, upstream_headers, upstream_url
+from .http.client import H1Transport
 from .http.server import Request
 from .limits import Limiter
 from .logs import ACCESS_LOGGER
@@ -28,7 +30,7 @@ from .redact import mask
 from .responses import Reply, json_error, service_error
 from .routing import Router
 from .threescale.models import AppCredentials
-from .transport import Transport
+from .transport import HeaderBlock, Transport
 from .usage import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,9 @@ class ServiceRuntime:
             strip_headers=() if in_query else names,
             strip_query=names if in_query else (),
         )
+
+
+_Prepared = tuple[ServiceSettings, ServiceRuntime, AppCredentials, Mapping[str, int]]
 
 
 @dataclass(slots=True)
@@ -98,18 +103,86 @@ class Pipeline:
         self._access_log = access_log_enabled
         self._clock = clock
         self._record = metrics.record_request
+        self._quick = transport if isinstance(transport, H1Transport) else None  # forward_now needs its pool
         self.in_flight = 0  # requests being handled: shutdown waits for them
         self.idle = asyncio.Event()
         self.idle.set()
 
     async def handle(self, request: Request) -> None:
         """The listener's handler: every method, every path; answers on `request` itself."""
-        started = time.perf_counter()
         outcome = _Outcome()
+        started = time.perf_counter()
+        self._enter()
+        await self._complete(request, outcome, started, self._handle(request, outcome))
+
+    def handle_now(self, request: Request) -> bool:
+        """The listener's quick handler (bodiless requests): answers of our own, and the cached, allowed request
+        with a kept-alive upstream connection idle, go through without a task; what must wait goes on in one
+        from where it stopped. False, having done nothing, when the decision is not in this process."""
+        outcome = _Outcome()
+        started = time.perf_counter()
+        prepared = self._prepare(request, outcome)
+        if isinstance(prepared, Reply):
+            self._enter()
+            try:
+                prepared.send(request, outcome.extra_headers)
+            except Exception:
+                self._internal_error(request, outcome)
+            self._leave(request, outcome, started)
+            return True
+        service, runtime, credentials, usage = prepared
+        decision = self._authorizer.allowed_now(service, credentials)
+        if decision is None:
+            return False
+        self._enter()
+        outcome.cache = "local"
+        try:
+            limit = self._limiter.check_now(service.id, credentials, decision, usage)
+            if limit is None:  # the slices held here do not cover it: Redis is asked, in a task
+                self._later(request, outcome, started, self._admitted(request, outcome, prepared, decision))
+                return True
+            self._usage.add(service.id, credentials, usage, self._clock())
+            url, headers = self._upstream_request(request, service, runtime)
+            quick = self._quick
+            if quick is not None and forward_now(
+                request,
+                quick,
+                url,
+                headers,
+                service.upstream_timeout,
+                limit.headers,
+                lambda forwarded: self._forwarded_now(request, outcome, started, forwarded),
+            ):
+                return True
+            work = self._forward(request, outcome, url, headers, service.upstream_timeout, limit.headers)
+            self._later(request, outcome, started, work)
+        except Exception:
+            self._internal_error(request, outcome)
+            self._leave(request, outcome, started)
+        return True
+
+    def _enter(self) -> None:
         self.in_flight += 1
         self.idle.clear()
+
+    def _leave(self, request: Request, outcome: _Outcome, started: float) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
+        self._finish(request, outcome, time.perf_counter() - started)
+
+    def _later(
+        self, request: Request, outcome: _Outcome, started: float, work: Coroutine[Any, Any, Reply | None]
+    ) -> None:
+        """handle_now's request goes on in a task; the client's going away cancels it, as for handle()."""
+        task = asyncio.get_running_loop().create_task(self._complete(request, outcome, started, work))
+        request.on_lost = task.cancel
+
+    async def _complete(
+        self, request: Request, outcome: _Outcome, started: float, work: Coroutine[Any, Any, Reply | None]
+    ) -> None:
         try:
-            reply = await self._handle(request, outcome)
+            reply = await work
             if reply is not None:
                 reply.send(request, outcome.extra_headers)
         except asyncio.CancelledError:
@@ -117,21 +190,21 @@ class Pipeline:
             outcome.error = "client_closed"
             raise
         except Exception:
-            log.exception("unexpected error while handling a request")
-            self._metrics.errors.labels("internal").inc()
-            outcome.status, outcome.error = 500, "internal_error"
-            if request.started:
-                request.abort()
-            else:
-                json_error(500, "internal_error", "The proxy failed to handle the request").send(request)
+            self._internal_error(request, outcome)
         finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self.idle.set()
-            self._finish(request, outcome, time.perf_counter() - started)
+            self._leave(request, outcome, started)
 
-    async def _handle(self, request: Request, outcome: _Outcome) -> Reply | None:
-        """The answer of the proxy's own, or None when the upstream's has been sent."""
+    def _internal_error(self, request: Request, outcome: _Outcome) -> None:
+        log.exception("unexpected error while handling a request")
+        self._metrics.errors.labels("internal").inc()
+        outcome.status, outcome.error = 500, "internal_error"
+        if request.started:
+            request.abort()
+        else:
+            json_error(500, "internal_error", "The proxy failed to handle the request").send(request)
+
+    def _prepare(self, request: Request, outcome: _Outcome) -> Reply | _Prepared:
+        """Route, credentials and mapping (no waiting): the request's service and usage, or our answer."""
         service = self._router.route(request.host, request.path, request.headers)
         if service is None:
             outcome.status, outcome.error = 404, "no_service"
@@ -152,30 +225,68 @@ class Pipeline:
         )
         if usage is None:
             return self._error(service, "no_match", outcome)
+        return service, runtime, credentials, usage
 
+    async def _handle(self, request: Request, outcome: _Outcome) -> Reply | None:
+        """The answer of the proxy's own, or None when the upstream's has been sent."""
+        prepared = self._prepare(request, outcome)
+        if isinstance(prepared, Reply):
+            return prepared
+        service, _, credentials, _ = prepared
         result = await self._authorizer.authorize(service, credentials)
         outcome.cache = result.layer
         if not result.decision.allowed:
             return self._denied(service, result.decision, outcome)
+        return await self._admitted(request, outcome, prepared, result.decision)
 
-        limit = await self._limiter.check(service.id, credentials, result.decision, usage)
+    async def _admitted(
+        self, request: Request, outcome: _Outcome, prepared: _Prepared, decision: AuthDecision
+    ) -> Reply | None:
+        """An authorized request: the plan's limits, then its usage is counted and it goes upstream."""
+        service, runtime, credentials, usage = prepared
+        limit = await self._limiter.check(service.id, credentials, decision, usage)
         if not limit.allowed:
             self._metrics.limited.labels(service.id, "plan").inc()
             outcome.extra_headers = limit.headers
             return self._error(service, "limits_exceeded", outcome)
 
         self._usage.add(service.id, credentials, usage, self._clock())
+        url, headers = self._upstream_request(request, service, runtime)
+        await self._forward(request, outcome, url, headers, service.upstream_timeout, limit.headers)
+        return None
 
+    def _upstream_request(
+        self, request: Request, service: ServiceSettings, runtime: ServiceRuntime
+    ) -> tuple[str, HeaderBlock]:
         url = upstream_url(service.upstream, request.raw_path, runtime.strip_query)
         source_ip = request.headers.get(self._gateway.source_ip_header) if self._gateway.source_ip_header else None
-        headers = upstream_headers(request, runtime.strip_headers, source_ip)
-        forwarded = await forward(request, self._transport, url, headers, service.upstream_timeout, limit.headers)
+        return url, upstream_headers(request, runtime.strip_headers, source_ip)
+
+    async def _forward(
+        self,
+        request: Request,
+        outcome: _Outcome,
+        url: str,
+        headers: HeaderBlock,
+        upstream_timeout: float,
+        extra_headers: Mapping[str, str] | None,
+    ) -> None:
+        forwarded = await forward(request, self._transport, url, headers, upstream_timeout, extra_headers)
+        self._forwarded(outcome, forwarded)
+
+    def _forwarded(self, outcome: _Outcome, forwarded: Forwarded) -> None:
         outcome.status = forwarded.status
         outcome.upstream_seconds = forwarded.upstream_seconds
         outcome.error = forwarded.error
         if forwarded.error:
             self._metrics.errors.labels(forwarded.error).inc()
-        return None
+
+    def _forwarded_now(self, request: Request, outcome: _Outcome, started: float, forwarded: Forwarded | None) -> None:
+        if forwarded is None:  # the client went away first: as handle() counts a cancelled request
+            outcome.status, outcome.error = CLIENT_CLOSED, "client_closed"
+        else:
+            self._forwarded(outcome, forwarded)
+        self._leave(request, outcome, started)
 
     def _error(self, service: ServiceSettings, kind: str, outcome: _Outcome, **extra: str) -> Reply:
         reply = service_error(service, kind, **extra)

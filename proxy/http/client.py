@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import cast
 
@@ -37,14 +37,46 @@ _NONE, _LENGTH, _CHUNKED = 0, 1, 2
 _SENT, _ANSWERED, _LOST = 0, 1, 2
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
+def _expire(waiter: asyncio.Future[bool] | _Notify) -> None:
     if not waiter.done():
         waiter.set_result(False)
 
 
-def _wake(waiter: asyncio.Future[bool] | None) -> None:
+def _wake(waiter: asyncio.Future[bool] | _Notify | None) -> None:
     if waiter is not None and not waiter.done():
         waiter.set_result(True)
+
+
+class _Notify:
+    """Stands where a waiting task's Future would (`done`, `set_result`) and calls back instead: an exchange
+    followed without a task. The call comes soon after, never from inside the parser's callbacks; no
+    reference cycle is left behind (every request makes one: garbage only the cyclic GC could free costs)."""
+
+    __slots__ = ("_callback", "_conn", "_done", "_loop", "_response")
+
+    def __init__(self, response: _Response, conn: _Connection | None, callback: Callable[[bool], None]) -> None:
+        self._loop = response._loop
+        self._response = response
+        self._conn = conn
+        self._callback = callback
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, news: bool) -> None:
+        if not self._done:
+            self._done = True
+            self._loop.call_soon(self._fire, news)
+
+    def _fire(self, news: bool) -> None:
+        conn = self._conn
+        if conn is not None and conn._timed is self:
+            conn._timed = None
+        response = self._response
+        if response._waiter is self:
+            response._waiter = None
+        self._callback(news)
 
 
 class _Response:
@@ -72,7 +104,7 @@ class _Response:
 
     def __init__(self, conn: _Connection, head_request: bool, timeout: float) -> None:
         self._conn: _Connection | None = conn
-        self._loop = conn._loop
+        self._loop: asyncio.AbstractEventLoop = conn._loop
         self._timeout = timeout
         self._head_request = head_request
         self.status = 0
@@ -87,7 +119,7 @@ class _Response:
         self._got_bytes = False  # any byte of an answer: a request that got none may be retried
         self._informational = False  # inside a 1xx answer, which is skipped
         self._eof_ends = False  # neither Content-Length nor chunked: the body ends when the connection does
-        self._waiter: asyncio.Future[bool] | None = None
+        self._waiter: asyncio.Future[bool] | _Notify | None = None
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -135,6 +167,42 @@ class _Response:
         if conn is not None and conn._response is self:
             conn.abort("the exchange was abandoned")
         self._fail("the exchange was abandoned")
+
+    # followed without a task (H1Transport.start_now)
+
+    def notify(self, deadline: float, callback: Callable[[bool], None]) -> None:
+        """_wait() for a caller that is not a task: `callback(True)` soon after the connection has news (or at
+        once if nothing more can come), `callback(False)` once `deadline` passes first. One call per notify()."""
+        conn = self._conn
+        waiter = _Notify(self, conn, callback)
+        self._waiter = waiter
+        if conn is None:
+            waiter.set_result(True)
+        else:
+            conn._arm(deadline, waiter)
+
+    @property
+    def error(self) -> str | None:
+        """Why the exchange failed (the connection broke, a malformed answer), or None."""
+        return self._error
+
+    @property
+    def got_bytes(self) -> bool:
+        """Whether any byte of an answer came: a request that got none may be sent again."""
+        return self._got_bytes
+
+    def take_body(self) -> bytes:
+        """The whole body of a complete answer, taken once (read() without a task)."""
+        chunks = self._chunks
+        data = b"" if not chunks else chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return data
+
+    def abandon(self) -> None:
+        """The rest of the answer will not be read: the connection goes, never back to the pool."""
+        if not self.complete:
+            self._abort()
+        self._chunks.clear()
 
     # UpstreamResponse
 
@@ -188,6 +256,10 @@ class _Response:
         return f"<UpstreamResponse {self.status}>"
 
 
+H1Response = _Response
+"""The exchange H1Transport.start_now hands out: an UpstreamResponse that can also be followed by callbacks."""
+
+
 class _Connection(asyncio.Protocol):
     """One upstream socket: idle in its pool, or carrying one exchange (`_response`)."""
 
@@ -229,7 +301,7 @@ class _Connection(asyncio.Protocol):
         # One timer per connection, re-armed only when it fires early: no timer per request (most answers
         # come long before their deadline, and a cancelled timer still costs a heap push).
         self._timer: asyncio.TimerHandle | None = None
-        self._timed: asyncio.Future[bool] | None = None
+        self._timed: asyncio.Future[bool] | _Notify | None = None
         self._deadline = 0.0
 
     # asyncio.Protocol
@@ -397,7 +469,7 @@ class _Connection(asyncio.Protocol):
             finally:
                 self._drain_waiter = None
 
-    def _arm(self, deadline: float, waiter: asyncio.Future[bool]) -> None:
+    def _arm(self, deadline: float, waiter: asyncio.Future[bool] | _Notify) -> None:
         """`waiter` gets False at `deadline` unless woken before."""
         self._timed = waiter
         self._deadline = deadline
@@ -476,11 +548,8 @@ class _Pool:
             if self.closed:
                 raise UpstreamRefused("the upstream transport is closed")
             idle = self.idle
-            while idle and not fresh:
-                conn = idle.pop()
-                conn._idle = False
-                if not conn.lost:
-                    return conn, True
+            if not fresh and (conn := self.idle_now()) is not None:
+                return conn, True
             if self.size < self.limit:
                 return await self._connect(deadline, allowance), False
             if fresh and idle:
@@ -504,6 +573,16 @@ class _Pool:
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)
                 raise UpstreamTimeout(f"no upstream connection came free within {allowance:g}s")
+
+    def idle_now(self) -> _Connection | None:
+        """A kept-alive connection if one is idle, newest first (acquire() without waiting or connecting)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            conn._idle = False
+            if not conn.lost:
+                return conn
+        return None
 
     async def _connect(self, deadline: float, allowance: float) -> _Connection:
         self.size += 1
@@ -703,6 +782,24 @@ class H1Transport:
                 continue  # a kept-alive connection the upstream had closed: once more on a new one
             raise UpstreamRefused(f"upstream failed: {response._error}")
         raise AssertionError("unreachable")
+
+    def start_now(self, method: str, url: str, headers: HeaderBlock, timeout: float) -> _Response | None:
+        """send() for a request without a body when a kept-alive connection to its origin is idle: the head
+        goes out now and the answer is followed with notify(); None when no connection is idle (send() then).
+        The connection was kept alive, so it may have been closed by the upstream meanwhile: an exchange that
+        fails with no byte of an answer (`got_bytes` False) may be sent again."""
+        origin, target = _split(url)
+        pool = self._pools.get(origin)
+        if pool is None or pool.closed or not pool.idle:
+            return None
+        head, _, _ = _head(method, target, headers, pool.host_line, False)
+        conn = pool.idle_now()
+        if conn is None:
+            return None
+        response = _Response(conn, method == "HEAD", timeout)
+        conn._start(response)
+        conn.write(head)
+        return response
 
     async def close(self) -> None:
         pools, self._pools = list(self._pools.values()), {}

@@ -36,6 +36,9 @@ KEEPALIVE_TIMEOUT = 75.0  # an idle connection (or one that sends its head too s
 BACKLOG = 1024
 
 Handler = Callable[["Request"], Awaitable[None]]
+QuickHandler = Callable[["Request"], bool]
+"""Takes a request without a body and answers it through callbacks, with no task; False leaves it to the
+Handler. One that takes it sets `request.on_lost` when the client's going away must stop something."""
 
 _NOT_STARTED, _STREAMING, _DONE = 0, 1, 2
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -164,6 +167,7 @@ class Request:
         "headers",
         "keep_alive",
         "method",
+        "on_lost",
         "query_string",
         "raw_path",
         "remote",
@@ -200,6 +204,7 @@ class Request:
         self._state = _NOT_STARTED
         self._chunked = False
         self._closing = False
+        self.on_lost: Callable[[], object] | None = None  # a QuickHandler's: called if the client goes first
 
     @property
     def path(self) -> str:
@@ -395,9 +400,12 @@ class _Connection(asyncio.Protocol):
             if request is not None and request.body is not None:
                 request.body._fail(reset)
         self._waiting.clear()
-        if self._task is not None and not self._task.done() and self._active is not None:
-            if self._active._state != _DONE:  # an answered request finishes its bookkeeping undisturbed
+        active = self._active
+        if active is not None and active._state != _DONE:  # an answered request finishes undisturbed
+            if self._task is not None and not self._task.done():
                 self._task.cancel()
+            elif active.on_lost is not None:
+                active.on_lost()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(reset)
@@ -490,6 +498,16 @@ class _Connection(asyncio.Protocol):
 
     def _run(self, request: Request) -> None:
         self._active = request
+        self._task = None
+        quick = self.server.quick
+        if quick is not None and request.body is None:
+            try:
+                if quick(request):
+                    return
+            except Exception:
+                log.exception("unexpected error while answering a request")
+                self._fail(request)
+                return
         self._task = self._loop.create_task(self._serve(request))
 
     async def _serve(self, request: Request) -> None:
@@ -499,14 +517,7 @@ class _Connection(asyncio.Protocol):
             return  # the client went away (connection_lost), or the server is closing
         except Exception:
             log.exception("unexpected error while answering a request")
-            if request._state == _NOT_STARTED:
-                request.respond(
-                    500,
-                    [("Content-Type", "application/json")],
-                    _error_body("internal_error", "The proxy failed to handle the request"),
-                )
-            else:
-                request.abort()
+            self._fail(request)
             return
         if request._state == _NOT_STARTED:
             log.error("the handler returned without answering")
@@ -514,6 +525,17 @@ class _Connection(asyncio.Protocol):
                 500, [("Content-Type", "application/json")], _error_body("internal_error", "No answer was produced")
             )
         elif request._state == _STREAMING:
+            request.abort()
+
+    def _fail(self, request: Request) -> None:
+        """A handler raised: a 500 if nothing was sent yet, else the connection is cut."""
+        if request._state == _NOT_STARTED:
+            request.respond(
+                500,
+                [("Content-Type", "application/json")],
+                _error_body("internal_error", "The proxy failed to handle the request"),
+            )
+        else:
             request.abort()
 
     def _answered(self, request: Request) -> None:
@@ -626,8 +648,11 @@ def _parser_message(exc: Exception) -> str:
 class HttpServer:
     """The listener: accepts connections, hands each request to `handler`, drains on request."""
 
-    def __init__(self, handler: Handler, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+    def __init__(
+        self, handler: Handler, *, quick: QuickHandler | None = None, keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    ) -> None:
         self.handler = handler
+        self.quick = quick
         self.keepalive_timeout = keepalive_timeout
         self.draining = False  # every answer then closes its connection
         self._loop = asyncio.get_running_loop()

@@ -125,16 +125,30 @@ class Limiter:
         self._kept_at = 0
         self._settling = asyncio.Lock()
 
-    async def check(
+    def check_now(
         self, service_id: str, credentials: AppCredentials, decision: AuthDecision, usage: Mapping[str, int]
-    ) -> LimitResult:
-        """Admit the request (and count it) or deny it with 429 headers."""
+    ) -> LimitResult | None:
+        """check() when it needs no wait: admitted (and counted) from the slices held here, or no limit
+        applies; None, with nothing counted, when Redis must be asked (check() then)."""
         if not decision.usage_reports:
             return ALLOWED_UNLIMITED
         now = self._clock()
         claims = self._claims(service_id, credentials, decision, usage, now)
         if not claims:
             return ALLOWED_UNLIMITED
+        if self._ledger.take(claims):
+            return LimitResult(True, self._headers(claims, now))
+        return None
+
+    async def check(
+        self, service_id: str, credentials: AppCredentials, decision: AuthDecision, usage: Mapping[str, int]
+    ) -> LimitResult:
+        """Admit the request (and count it) or deny it with 429 headers."""
+        admitted = self.check_now(service_id, credentials, decision, usage)
+        if admitted is not None:
+            return admitted
+        now = self._clock()
+        claims = self._claims(service_id, credentials, decision, usage, now)
         deadline = now + 3 * self._flush_interval  # how long a denial may wait for other replicas' slices
         while True:
             if self._ledger.take(claims):

@@ -243,6 +243,53 @@ async def test_a_failing_handler_gets_a_500_and_the_connection_lives_on(serve: A
     assert b"secret-detail" not in answers[0][2] and json.loads(answers[0][2])["error"] == "internal_error"
 
 
+async def test_a_quick_handler_answers_without_a_task_or_leaves_the_request_to_the_handler(serve: Any) -> None:
+    """`quick` sees bodiless requests first: it answers them (or raises: 500), or says False and the
+    handler gets them; requests with a body always go to the handler. Pipelined answers stay in order."""
+    seen: list[str] = []
+
+    def quick(request: Request) -> bool:
+        seen.append(request.raw_path)
+        if request.raw_path == "/boom":
+            raise RuntimeError("secret-detail")
+        if request.raw_path != "/quick":
+            return False
+        request.respond(200, [("Content-Type", "text/plain")], b"quick")
+        return True
+
+    _, port = await serve(echo, quick=quick)
+    raw = (
+        b"GET /quick HTTP/1.1\r\nHost: h\r\n\r\n"
+        b"GET /boom HTTP/1.1\r\nHost: h\r\n\r\n"
+        b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n"
+        b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /quick HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    )
+    answers = responses(await exchange(port, raw))
+    assert [line.split()[1] for line, _, _ in answers] == ["200", "500", "200", "200", "200"]
+    assert answers[0][2] == b"quick" and answers[4][2] == b"quick"
+    assert b"secret-detail" not in answers[1][2] and json.loads(answers[1][2])["error"] == "internal_error"
+    assert json.loads(answers[2][2])["raw_path"] == "/slow" and json.loads(answers[3][2])["size"] == 3
+    assert seen == ["/quick", "/boom", "/slow", "/quick"]  # the POST went straight to the handler
+
+
+async def test_a_client_going_away_calls_the_quick_handlers_on_lost(serve: Any) -> None:
+    lost = asyncio.Event()
+    taken = asyncio.Event()
+
+    def quick(request: Request) -> bool:
+        request.on_lost = lost.set  # answered later, by a callback of its own: here, never
+        taken.set()
+        return True
+
+    _, port = await serve(echo, quick=quick)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /h HTTP/1.1\r\nHost: h\r\n\r\n")
+    await asyncio.wait_for(taken.wait(), 5)
+    writer.close()
+    await asyncio.wait_for(lost.wait(), 5)
+
+
 async def test_draining_closes_each_connection_after_its_answer(serve: Any) -> None:
     server, port = await serve()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

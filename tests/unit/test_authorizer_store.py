@@ -204,3 +204,27 @@ async def test_the_first_answer_after_an_outage_ends_it_for_every_key(emulator, 
     assert (result.layer, result.decision.allowed) == ("backend", True)
     assert emulator.call_count("authorize") == 4  # A and B in the outage, then each once more
     assert (await authorizer.authorize(service, b)).layer == "local"  # and cached again from here
+
+
+async def test_allowed_now_serves_only_a_fresh_allowing_local_decision(emulator, authorizer_for):
+    """The quick path's authorizer call: no wait, ever; a local hit is counted only when it is served."""
+    from tests.support import KEY, SERVICE_ID
+
+    authorizer, service, clock = authorizer_for(local_ttl=5, ttl=60)
+    good, bad = AppCredentials(user_key=KEY), AppCredentials(user_key="random-bad-key-0001")
+    metrics = authorizer._metrics
+
+    def local_hits() -> float:
+        metrics.flush()
+        return metrics.auth_cache.labels(SERVICE_ID, "local", "hit")._value.get()
+
+    assert authorizer.allowed_now(service, good) is None  # nothing cached: authorize() asks
+    assert (await authorizer.authorize(service, good)).layer == "backend"
+    assert not (await authorizer.authorize(service, bad)).decision.allowed
+    decision = authorizer.allowed_now(service, good)
+    assert decision is not None and decision.allowed
+    assert authorizer.allowed_now(service, bad) is None  # a cached denial is authorize()'s to answer
+    assert local_hits() == 1
+    clock.advance(61)  # past the decision's ttl: not served from here any more
+    assert authorizer.allowed_now(service, good) is None
+    assert local_hits() == 1 and emulator.call_count("authorize") == 2

@@ -109,3 +109,23 @@ async def test_a_busy_key_far_from_its_limit_keeps_its_slice_across_a_flush():
     used, reserved = store.limit_counter(key)
     assert used == 10
     assert reserved == 1 + 999_999 // 8 - 10, "the busy, roomy slice was given back at the flush"
+
+
+async def test_check_now_admits_from_local_slices_and_otherwise_counts_nothing():
+    """The quick path's limiter call: an answer only when no wait is needed; None leaves every count as it
+    was, so check() afterwards decides exactly as if check_now had never been called."""
+    clock = ManualClock()
+    limiter = Limiter(MemoryStore(clock=clock), Metrics(), 0.1, clock=clock)
+    unlimited = AuthDecision(allowed=True, fresh_until=float("inf"), stale_until=float("inf"))
+    assert limiter.check_now(SERVICE, app("a"), unlimited, {"hits": 1}) == ALLOWED_UNLIMITED
+    roomy = eternal_limit(1000)  # a slice covers many requests
+    assert limiter.check_now(SERVICE, app("a"), roomy, {"hits": 1}) is None  # no slice held yet
+    assert (await limiter.check(SERVICE, app("a"), roomy, {"hits": 1})).headers["RateLimit-Remaining"] == "999"
+    admitted = limiter.check_now(SERVICE, app("a"), roomy, {"hits": 1})
+    assert admitted is not None and admitted.allowed and admitted.headers["RateLimit-Remaining"] == "998"
+    tight = eternal_limit(1)
+    assert (await limiter.check(SERVICE, app("b"), tight, {"hits": 1})).allowed
+    assert limiter.check_now(SERVICE, app("b"), tight, {"hits": 1}) is None  # at the limit: check() decides
+    async with asyncio.timeout(1):
+        denied = await limiter.check(SERVICE, app("b"), tight, {"hits": 1})
+    assert not denied.allowed and denied.headers["RateLimit-Remaining"] == "0"
