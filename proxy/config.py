@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .eventloop import EventLoopChoice, uvloop_available
+from .paths import pattern_regex
 
 ENV_PREFIX = "PROXY_"
 SECRET_KEYS = frozenset({"token", "password", "secret", "service_token"})
@@ -677,6 +678,11 @@ def _check_service(svc: ServiceSettings, path: str, count: int, problems: list[t
             problems.append((f"{rpath}.method", f"must be an HTTP method or ANY, got {rule.method!r}"))
         if not rule.pattern.startswith("/"):
             problems.append((f"{rpath}.pattern", "must start with /"))
+        else:
+            try:
+                re.compile(pattern_regex(rule.pattern), re.ASCII)
+            except re.error as exc:
+                problems.append((f"{rpath}.pattern", f"is not a valid pattern (APIcast's regex): {exc}"))
         if not rule.metric:
             problems.append((f"{rpath}.metric", "must not be empty"))
         if rule.delta < 0:

@@ -24,8 +24,9 @@ from .http.client import H1Transport
 from .http.server import Request
 from .limits import Limiter
 from .logs import ACCESS_LOGGER
-from .mapping import Mapper
+from .mapping import Args, Mapper, query_args
 from .metrics import Metrics
+from .paths import BadPath, mapping_uri
 from .redact import mask
 from .responses import Reply, json_error, service_error
 from .routing import Router
@@ -36,7 +37,7 @@ from .usage import UsageRecorder
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
 
-_NO_QUERY: Mapping[str, str] = MappingProxyType({})  # request.query parses on first use: skip it when unused
+_NO_ARGS: Args = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,17 +213,20 @@ class Pipeline:
         outcome.service = service.id
         runtime = self._services[service.id]
 
-        in_query = service.credentials.location == "query"
-        credentials = creds_step.extract(service.credentials, request.headers, request.query if in_query else _NO_QUERY)
+        credentials = creds_step.extract(service.credentials, request.headers, request.query_string)
         if credentials is None:
             return self._error(service, "auth_missing", outcome)
         if not creds_step.well_formed(credentials):
             return self._error(service, "auth_failed", outcome, reason="credentials_malformed")
         outcome.credentials = credentials
 
-        usage = runtime.mapper.usage(
-            request.method, request.path, request.query if runtime.mapper.needs_query else _NO_QUERY
-        )
+        try:
+            uri = mapping_uri(request.encoded_path)
+        except BadPath as exc:  # nginx, in front of APIcast, answers these with 400 before anything else
+            outcome.status, outcome.error = 400, "bad_request"
+            return json_error(400, "bad_request", f"The request path is malformed: {exc}")
+        mapper = runtime.mapper
+        usage = mapper.usage(request.method, uri, query_args(request.query_string) if mapper.needs_query else _NO_ARGS)
         if usage is None:
             return self._error(service, "no_match", outcome)
         return service, runtime, credentials, usage

@@ -207,6 +207,11 @@ class Request:
         self.on_lost: Callable[[], object] | None = None  # a QuickHandler's: called if the client goes first
 
     @property
+    def encoded_path(self) -> str:
+        """The path part of the target as sent, still percent-encoded."""
+        return self._path
+
+    @property
     def path(self) -> str:
         """The path percent-decoded the way aiohttp and yarl decode it (%2F stays encoded)."""
         path = self._path

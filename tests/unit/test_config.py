@@ -61,7 +61,7 @@ def test_semantic_errors(tmp_path):
                 "id": "a",
                 "token": "t",
                 "upstream": "ftp://x",
-                "mapping_rules": [{"pattern": "x", "method": "FETCH"}],
+                "mapping_rules": [{"pattern": "x", "method": "FETCH"}, {"pattern": "/v1/(orders"}],
                 "errors": {"auth_failed": {"status": 999}, "teapot": {"status": 418}},
             },
             {"id": "a", "token": "t", "upstream": "http://y"},
@@ -74,6 +74,10 @@ def test_semantic_errors(tmp_path):
     assert "f.yaml: services[0].upstream: must be an http:// or https:// URL" in lines
     assert "f.yaml: services[0].mapping_rules[0].method: must be an HTTP method or ANY, got 'FETCH'" in lines
     assert "f.yaml: services[0].mapping_rules[0].pattern: must start with /" in lines
+    assert any(
+        line.startswith("f.yaml: services[0].mapping_rules[1].pattern: is not a valid pattern (APIcast's regex)")
+        for line in lines
+    )
     assert "f.yaml: services[0].errors.auth_failed.status: must be an HTTP status code (100-599)" in lines
     assert any(line.startswith("f.yaml: services[0].errors.teapot: unknown error kind") for line in lines)
     assert "f.yaml: services[1].id: duplicate service id 'a'" in lines
