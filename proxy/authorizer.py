@@ -220,7 +220,7 @@ class Authorizer:
     def _decide(self, status: AuthStatus, now: float) -> AuthDecision:
         """Turn 3scale's answer into a cacheable decision with its TTLs."""
         s = self._settings
-        if status.authorized:
+        if status.authorized or _only_disabled_metrics_exceeded(status):
             stale_for = 0.0 if s.mode == "strict" else s.stale_ttl
             return AuthDecision(
                 allowed=True,
@@ -285,6 +285,16 @@ class Authorizer:
             return
         if shared.fresh_until >= current.decision.fresh_until:
             self._remember(local_key, shared, now)
+
+
+def _only_disabled_metrics_exceeded(status: AuthStatus) -> bool:
+    """3scale's 409 limits_exceeded to an authorize without usage, over nothing but metrics the plan disables
+    (a limit of 0 that was used before): the application may call everything else, so it is served as
+    authorized and the limiter answers a request for a disabled metric (403, as APIcast does)."""
+    if status.code != "limits_exceeded":
+        return False
+    exceeded = [u for u in status.usage_reports if u.exceeded]
+    return bool(exceeded) and all(u.max_value == 0 for u in exceeded)
 
 
 def _seconds_to_reset(reports: tuple[UsageReport, ...], now: float) -> float:

@@ -22,7 +22,7 @@ from .decisions import AuthDecision
 from .forward import CLIENT_CLOSED, Forwarded, forward, forward_now, upstream_headers, upstream_url
 from .http.client import H1Transport
 from .http.server import Request
-from .limits import Limiter
+from .limits import Limiter, LimitResult
 from .logs import ACCESS_LOGGER
 from .mapping import Args, Mapper, query_args
 from .metrics import Metrics
@@ -142,6 +142,10 @@ class Pipeline:
             if limit is None:  # the slices held here do not cover it: Redis is asked, in a task
                 self._later(request, outcome, started, self._admitted(request, outcome, prepared, decision))
                 return True
+            if not limit.allowed:
+                self._limited(service, limit, outcome).send(request, outcome.extra_headers)
+                self._leave(request, outcome, started)
+                return True
             self._usage.add(service.id, credentials, usage, self._clock())
             url, headers = self._upstream_request(request, service, runtime)
             quick = self._quick
@@ -250,9 +254,7 @@ class Pipeline:
         service, runtime, credentials, usage = prepared
         limit = await self._limiter.check(service.id, credentials, decision, usage)
         if not limit.allowed:
-            self._metrics.limited.labels(service.id, "plan").inc()
-            outcome.extra_headers = limit.headers
-            return self._error(service, "limits_exceeded", outcome)
+            return self._limited(service, limit, outcome)
 
         self._usage.add(service.id, credentials, usage, self._clock())
         url, headers = self._upstream_request(request, service, runtime)
@@ -291,6 +293,15 @@ class Pipeline:
         else:
             self._forwarded(outcome, forwarded)
         self._leave(request, outcome, started)
+
+    def _limited(self, service: ServiceSettings, limit: LimitResult, outcome: _Outcome) -> Reply:
+        """The limiter's denial: 429 with its RateLimit headers, or, for a metric the plan disables, APIcast's
+        generic 403 (3scale's 409 with a limit of 0 is no rate limit to wait out)."""
+        if limit.disabled:
+            return self._error(service, "auth_failed", outcome, reason="metric_disabled")
+        self._metrics.limited.labels(service.id, "plan").inc()
+        outcome.extra_headers = limit.headers
+        return self._error(service, "limits_exceeded", outcome)
 
     def _error(self, service: ServiceSettings, kind: str, outcome: _Outcome, **extra: str) -> Reply:
         reply = service_error(service, kind, **extra)

@@ -66,9 +66,11 @@ class LimitResult(NamedTuple):
 
     allowed: bool
     headers: Mapping[str, str] = MappingProxyType({})
+    disabled: bool = False  # denied because the plan disables a metric it needs (a limit of 0): 403, as APIcast
 
 
 ALLOWED_UNLIMITED = LimitResult(True)
+DISABLED = LimitResult(False, disabled=True)
 
 
 K = TypeVar("K")
@@ -129,7 +131,8 @@ class Limiter:
         self, service_id: str, credentials: AppCredentials, decision: AuthDecision, usage: Mapping[str, int]
     ) -> LimitResult | None:
         """check() when it needs no wait: admitted (and counted) from the slices held here, or no limit
-        applies; None, with nothing counted, when Redis must be asked (check() then)."""
+        applies, or denied because the plan disables a metric the request needs (DISABLED); None, with
+        nothing counted, when Redis must be asked (check() then)."""
         if not decision.usage_reports:
             return ALLOWED_UNLIMITED
         now = self._clock()
@@ -138,6 +141,9 @@ class Limiter:
             return ALLOWED_UNLIMITED
         if self._ledger.take(claims):
             return LimitResult(True, self._headers(claims, now))
+        for c in claims:
+            if c.report.max_value == 0:  # 3scale's way to disable a metric: no slice can ever cover it
+                return DISABLED
         return None
 
     async def check(

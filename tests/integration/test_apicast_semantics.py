@@ -61,3 +61,66 @@ async def test_bearer_and_empty_credentials_as_apicast_reads_them(emulator, upst
     assert sent == [KEY, ""]
     await proxy.report_now()
     assert reported_totals(emulator, KEY, service_id=SERVICE_ID) == {"hits": 1}
+
+
+async def test_a_metric_disabled_in_the_plan_is_403_and_limits_nothing_else(upstream, make_proxy, http):
+    """3scale disables a metric with a limit of 0; APIcast answers its 409 with the generic 403 (proxy.lua:
+    "limit_max == 0 ... disabled metric"), and requests for other metrics go on."""
+    from proxy.emulator.server import Emulator
+    from tests.support import emulator_config
+
+    config = emulator_config({"hits": {"day": 1_000_000}, "admin": {"eternity": 0}})
+    config["services"][0]["metrics"]["admin"] = {}
+    emulator = Emulator(config)
+    await emulator.start()
+    try:
+        rules = [
+            {"method": "ANY", "pattern": "/admin", "metric": "admin", "delta": 1, "last": True},
+            {"method": "ANY", "pattern": "/", "metric": "hits", "delta": 1},
+        ]
+        proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, service={"mapping_rules": rules}))
+        answers = []
+        for path in ("/x", "/admin", "/x", "/admin/users", "/y"):
+            async with http.get(url(proxy, path), headers={"x-api-key": KEY}) as resp:
+                answers.append((path, resp.status, (await resp.json()).get("error")))
+        assert answers == [
+            ("/x", 200, None),
+            ("/admin", 403, "auth_failed"),
+            ("/x", 200, None),
+            ("/admin/users", 403, "auth_failed"),
+            ("/y", 200, None),
+        ]
+        assert [r.get("path") for r in upstream.received] == ["/x", "/x", "/y"]
+        await proxy.report_now()
+        assert reported_totals(emulator, KEY) == {"hits": 3}
+    finally:
+        await emulator.stop()
+
+
+async def test_a_metric_disabled_after_it_was_used_denies_only_itself(upstream, make_proxy, http):
+    """Its stored value is over 0, so 3scale answers an authorize without usage with 409 limits_exceeded on
+    it alone: that is no reason to deny the application's other metrics."""
+    from proxy.emulator.server import Emulator
+    from proxy.threescale import AppCredentials, ThreescaleClient, Transaction
+    from tests.support import TOKEN, emulator_config
+
+    config = emulator_config({"hits": {"day": 1_000_000}, "admin": {"eternity": 0}})
+    config["services"][0]["metrics"]["admin"] = {}
+    emulator = Emulator(config)
+    await emulator.start()
+    try:
+        async with ThreescaleClient(emulator.url) as client:  # used before the plan disabled it
+            await client.report(SERVICE_ID, TOKEN, [Transaction(AppCredentials(user_key=KEY), {"admin": 5})])
+        rules = [
+            {"method": "ANY", "pattern": "/admin", "metric": "admin", "delta": 1, "last": True},
+            {"method": "ANY", "pattern": "/", "metric": "hits", "delta": 1},
+        ]
+        proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, service={"mapping_rules": rules}))
+        statuses = []
+        for path in ("/x", "/admin", "/y"):
+            async with http.get(url(proxy, path), headers={"x-api-key": KEY}) as resp:
+                statuses.append((path, resp.status))
+        assert statuses == [("/x", 200), ("/admin", 403), ("/y", 200)]
+        assert len(emulator.calls_to("authorize")) == 1
+    finally:
+        await emulator.stop()

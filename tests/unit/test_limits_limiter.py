@@ -129,3 +129,25 @@ async def test_check_now_admits_from_local_slices_and_otherwise_counts_nothing()
     async with asyncio.timeout(1):
         denied = await limiter.check(SERVICE, app("b"), tight, {"hits": 1})
     assert not denied.allowed and denied.headers["RateLimit-Remaining"] == "0"
+
+
+async def test_a_limit_of_zero_disables_its_metric_and_nothing_else():
+    """3scale disables a metric with max 0: a request needing it is DISABLED at once (no Redis round trip,
+    no waiting for slices), and one that needs only other metrics is not limited by it."""
+    from proxy.limits.limiter import DISABLED
+
+    clock = ManualClock()
+    limiter = Limiter(MemoryStore(clock=clock), Metrics(), 0.1, clock=clock)
+    decision = AuthDecision(
+        allowed=True,
+        fresh_until=float("inf"),
+        stale_until=float("inf"),
+        usage_reports=(
+            UsageReport("admin", "eternity", None, None, max_value=0, current_value=0),
+            UsageReport("hits", "eternity", None, None, max_value=10, current_value=0),
+        ),
+    )
+    assert limiter.check_now(SERVICE, app("a"), decision, {"admin": 1}) == DISABLED
+    assert await limiter.check(SERVICE, app("a"), decision, {"admin": 1, "hits": 1}) == DISABLED
+    assert (await limiter.check(SERVICE, app("a"), decision, {"hits": 1})).allowed
+    assert (await limiter.check(SERVICE, app("a"), decision, {"other": 1})) == ALLOWED_UNLIMITED
