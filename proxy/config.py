@@ -7,6 +7,7 @@ once; values of secret keys are never echoed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import types
@@ -21,6 +22,7 @@ import yaml
 
 from .eventloop import EventLoopChoice, uvloop_available
 from .paths import pattern_regex
+from .portal.apicast import entries_from_document
 
 ENV_PREFIX = "PROXY_"
 SECRET_KEYS = frozenset({"token", "password", "secret", "service_token"})
@@ -47,6 +49,14 @@ class ThreescaleSettings:
     backend_url: str = "https://su1.3scale.net"
     timeout: float = 5.0
     pool_size: int = 100
+    portal_endpoint: str | None = field(default=None, repr=False)
+    """`https://ACCESS_TOKEN@ACCOUNT-admin.3scale.net` (or THREESCALE_PORTAL_ENDPOINT): services from 3scale."""
+    environment: Literal["production", "staging"] = "production"
+    """Which of the portal's proxy configs to serve (or THREESCALE_DEPLOYMENT_ENV), as APIcast."""
+    config_refresh: float = 300.0
+    """Seconds between reloads from the portal (or APICAST_CONFIGURATION_CACHE)."""
+    config_file: str | None = None
+    """APIcast's JSON configuration file (or THREESCALE_CONFIG_FILE): services read from it at start."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,8 @@ class MatchSettings:
     """Which requests belong to a service: all given conditions must hold."""
 
     host: str | None = None
+    hosts: list[str] = field(default_factory=list)
+    """Any of these hosts (APIcast's `hosts`), as `host` matches one."""
     path_prefix: str = "/"
     header: dict[str, str] = field(default_factory=dict)
 
@@ -154,6 +166,8 @@ class ErrorSettings:
 
     status: int | None = None
     message: str | None = None
+    content_type: str | None = None
+    """Set: the body is `message` as it is, with this Content-Type (APIcast's error_headers_*); else JSON."""
 
 
 DEFAULT_ERRORS: dict[str, ErrorSettings] = {
@@ -186,7 +200,9 @@ class ServiceSettings:
         default, custom = DEFAULT_ERRORS[name], self.errors.get(name)
         if custom is None:
             return default
-        return ErrorSettings(custom.status or default.status, custom.message or default.message)
+        return ErrorSettings(
+            custom.status or default.status, custom.message or default.message, custom.content_type
+        )
 
 
 @dataclass(frozen=True)
@@ -211,7 +227,7 @@ class LogSettings:
 class Settings:
     """The whole configuration of one proxy process."""
 
-    services: list[ServiceSettings]
+    services: list[ServiceSettings] = field(default_factory=list)
     listen: str = "0.0.0.0:8080"
     metrics_listen: str = "0.0.0.0:9090"
     workers: int | None = None
@@ -228,6 +244,14 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     log: LogSettings = field(default_factory=LogSettings)
+    service_entries: tuple[Any, ...] = field(default=(), repr=False, compare=False, metadata={"internal": True})
+    """The YAML's `services:` entries as written (interpolated, overrides applied): merged into every
+    configuration that comes from 3scale (see merge_services). Not a key of the YAML."""
+
+    @property
+    def from_3scale(self) -> bool:
+        """Whether services come from 3scale (the portal or APIcast's file) as well as from the YAML."""
+        return bool(self.threescale.portal_endpoint or self.threescale.config_file)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -273,13 +297,90 @@ def settings_from_dict(raw: Any, *, source: str = "<config>", env: Mapping[str, 
         raise ConfigError(source, [("", "the top level must be a mapping of keys")])
     raw = _interpolate(raw, "", env, problems)
     overridden = _apply_env_overrides(raw, env, problems)
+    _apply_apicast_variables(raw, env)
+    entries = raw.get("services") if isinstance(raw.get("services"), list) else []
+    threescale = raw.get("threescale") if isinstance(raw.get("threescale"), dict) else {}
+    if threescale.get("config_file"):
+        source = f"{source} + {threescale['config_file']}"
+        raw["services"] = _services_from_file(str(threescale["config_file"]), entries, problems)
+    elif threescale.get("portal_endpoint"):
+        raw["services"] = [e for e in entries if _complete(e)]  # the rest wait for the portal's services
     settings = _build(Settings, raw, "", problems)
     if settings is not None:
+        settings = dataclasses.replace(settings, service_entries=tuple(entries))
         _check_semantics(settings, problems)
     if problems or not isinstance(settings, Settings):
         problems = [(key, _set_by(key, message, overridden)) for key, message in problems]
         raise ConfigError(source, problems or [("", "invalid configuration")])
     return settings
+
+
+_APICAST_VARIABLES = {  # APIcast's environment variables, read as it reads them, unless the YAML sets the key
+    "THREESCALE_PORTAL_ENDPOINT": "portal_endpoint",
+    "THREESCALE_DEPLOYMENT_ENV": "environment",
+    "APICAST_CONFIGURATION_CACHE": "config_refresh",
+    "THREESCALE_CONFIG_FILE": "config_file",
+}
+
+
+def _apply_apicast_variables(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """THREESCALE_PORTAL_ENDPOINT & co. fill their threescale.* key when the YAML leaves it out, so an
+    APIcast deployment's environment works as it is."""
+    for variable, key in _APICAST_VARIABLES.items():
+        if env.get(variable):
+            section = raw.setdefault("threescale", {})
+            if isinstance(section, dict) and section.get(key) is None:
+                section[key] = env[variable]
+
+
+def _complete(entry: Any) -> bool:
+    """A YAML service that stands on its own (an override of a 3scale service may give single fields)."""
+    return isinstance(entry, dict) and all(entry.get(k) for k in ("id", "token", "upstream"))
+
+
+def _services_from_file(path: str, entries: list[Any], problems: list[tuple[str, str]]) -> list[Any]:
+    """APIcast's JSON configuration file, converted and merged with the YAML's entries."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(("threescale.config_file", f"cannot read file: {exc.strerror or exc}"))
+        return entries
+    except ValueError as exc:
+        problems.append(("threescale.config_file", f"is not JSON: {exc}"))
+        return entries
+    converted, file_problems = entries_from_document(document)
+    problems.extend((f"threescale.config_file: {key}", message) for key, message in file_problems)
+    return merge_entries(converted, entries)
+
+
+def merge_entries(base: list[Any], overrides: list[Any]) -> list[Any]:
+    """3scale's service entries with the YAML's applied: an entry with the same id overrides single fields
+    (mappings merged key by key, anything else replaced); one only in the YAML is added after them."""
+    by_id = {str(e.get("id")): e for e in overrides if isinstance(e, dict) and e.get("id") is not None}
+    merged = [_merge(entry, by_id.pop(str(entry.get("id")), {})) for entry in base]
+    return merged + [e for e in overrides if not isinstance(e, dict) or str(e.get("id")) in by_id]
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = _merge(base[key], value) if key in base else value
+        return out
+    return override
+
+
+def merge_services(
+    settings: Settings, base: list[Any], source: str, problems: list[tuple[str, str]]
+) -> list[ServiceSettings] | None:
+    """The services of a configuration from 3scale (`base`: entries from portal.apicast) with the YAML's
+    entries merged in, validated as the YAML is; None, with `problems`, when they do not validate."""
+    merged = merge_entries(base, list(settings.service_entries))
+    before = len(problems)
+    services = _build(list[ServiceSettings], merged, "services", problems)
+    if services is not None and len(problems) == before:
+        _check_services(services, problems)
+    return services if len(problems) == before else None
 
 
 # Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_8080_TCP_ADDR`, ... for every Service in the
@@ -553,7 +654,7 @@ def _build_dataclass(tp: Any, value: Any, path: str, problems: list[tuple[str, s
         problems.append((path or "<top>", "must be a mapping"))
         return None
     hints = typing.get_type_hints(tp)
-    fields = {f.name: f for f in dataclasses.fields(tp)}
+    fields = {f.name: f for f in dataclasses.fields(tp) if not f.metadata.get("internal")}
     for key in value:
         if key not in fields:
             near = [n for n in fields if n.startswith(str(key)[:3])]
@@ -637,11 +738,19 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("shutdown.drain_delay", "must not be negative"))
     if s.shutdown.timeout <= s.shutdown.drain_delay:
         problems.append(("shutdown.timeout", "must be greater than shutdown.drain_delay"))
-    if not s.services:
-        problems.append(("services", "at least one service is required"))
+    if s.threescale.portal_endpoint is not None and not _is_http_url(s.threescale.portal_endpoint):
+        problems.append(("threescale.portal_endpoint", "must be an http:// or https:// URL (with the access token)"))
+    if s.threescale.config_refresh <= 0:
+        problems.append(("threescale.config_refresh", "must be greater than 0"))
+    if not s.services and not s.threescale.portal_endpoint:
+        problems.append(("services", "at least one service is required (or threescale.portal_endpoint)"))
+    _check_services(s.services, problems)
+
+
+def _check_services(services: list[ServiceSettings], problems: list[tuple[str, str]]) -> None:
     seen: set[str] = set()
-    for i, svc in enumerate(s.services):
-        _check_service(svc, f"services[{i}]", len(s.services), problems)
+    for i, svc in enumerate(services):
+        _check_service(svc, f"services[{i}]", len(services), problems)
         if svc.id in seen:
             problems.append((f"services[{i}].id", f"duplicate service id {svc.id!r}"))
         seen.add(svc.id)

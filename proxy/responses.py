@@ -53,4 +53,18 @@ def json_error(status: int, error: str, message: str, **extra: str) -> Reply:
 def service_error(service: ServiceSettings, kind: str, **extra: str) -> Reply:
     """The service's configured answer for an error kind (auth_missing, limits_exceeded, ...)."""
     answer = service.error(kind)
+    if answer.content_type:  # APIcast's way: the configured text as it is, with its Content-Type
+        return text_reply(answer.status or 500, answer.message or "", answer.content_type)
     return json_error(answer.status or 500, kind, answer.message or kind, **extra)
+
+
+def text_reply(status: int, text: str, content_type: str) -> Reply:
+    """An answer whose body is `text` verbatim (cached like json_error's)."""
+    key = (status, "text", text, content_type)
+    reply = _replies.get(key)
+    if reply is None:
+        reply = Reply(status, text.encode("utf-8"), (("Content-Type", content_type),))
+        if len(_replies) >= _CACHE_MAX:
+            _replies.clear()
+        _replies[key] = reply
+    return reply

@@ -26,7 +26,7 @@ def _specificity(service: ServiceSettings) -> tuple[int, int, int]:
     m = service.match
     if m is None:
         return (-1, 0, 0)
-    return (len(m.path_prefix.rstrip("/")), m.host is not None, len(m.header))
+    return (len(m.path_prefix.rstrip("/")), m.host is not None or bool(m.hosts), len(m.header))
 
 
 def _matches(service: ServiceSettings, host: str | None, path: str, headers: Mapping[str, str]) -> bool:
@@ -34,6 +34,8 @@ def _matches(service: ServiceSettings, host: str | None, path: str, headers: Map
     if match is None:
         return True
     if match.host is not None and not _host_matches(match.host, host):
+        return False
+    if match.hosts and not any(_host_matches(pattern, host) for pattern in match.hosts):
         return False
     if not _prefix_matches(match.path_prefix, path):
         return False

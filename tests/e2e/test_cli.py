@@ -106,7 +106,7 @@ def test_serve_with_a_broken_config_exits_1_with_the_key(tmp_path):
     bad.write_text("services: []\n")
     out = subprocess.run([PYTHON, "-m", "proxy", "serve", "--config", str(bad)], capture_output=True, text=True)
     assert out.returncode == 1
-    assert out.stderr.strip() == f"{bad}: services: at least one service is required"
+    assert out.stderr.strip() == f"{bad}: services: at least one service is required (or threescale.portal_endpoint)"
 
 
 @pytest.fixture

@@ -124,3 +124,16 @@ async def test_a_metric_disabled_after_it_was_used_denies_only_itself(upstream, 
         assert len(emulator.calls_to("authorize")) == 1
     finally:
         await emulator.stop()
+
+
+async def test_an_error_with_a_content_type_is_answered_as_apicast_answers_it(emulator, upstream, make_proxy, http):
+    """From the portal every error has its text and Content-Type (error_headers_*): the body is the text."""
+    errors = {
+        "auth_missing": {"status": 403, "message": "no key, no entry", "content_type": "text/plain; charset=us-ascii"}
+    }
+    proxy = await make_proxy(proxy_settings(emulator.url, upstream.url, service={"errors": errors}))
+    async with http.get(url(proxy, "/x")) as resp:
+        assert resp.status == 403 and resp.headers["Content-Type"] == "text/plain; charset=us-ascii"
+        assert await resp.read() == b"no key, no entry"
+    async with http.get(url(proxy, "/x"), headers={"x-api-key": "unknown-key-000"}) as resp:
+        assert resp.status == 403 and resp.headers["Content-Type"].startswith("application/json")  # not configured

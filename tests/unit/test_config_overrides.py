@@ -99,7 +99,11 @@ def test_a_whole_list_or_item_can_be_set_as_yaml():
         ("PROXY_CACHE", "{ttl: [", "PROXY_CACHE: not valid YAML: line 1, column 8: "),
         ("PROXY_SERVICES__0", "7", "services[0]: must be a mapping (set by PROXY_SERVICES__0)"),
         ("PROXY_SERVICES__0", "!!python/object:os.system x", "PROXY_SERVICES__0: not valid YAML: "),
-        ("PROXY_SERVICES", "[]", "services: at least one service is required (set by PROXY_SERVICES)"),
+        (
+            "PROXY_SERVICES",
+            "[]",
+            "services: at least one service is required (or threescale.portal_endpoint) (set by PROXY_SERVICES)",
+        ),
         ("PROXY_SERVICES__0", "[" * 5000, "PROXY_SERVICES__0: not valid YAML: nested too deeply"),
         ("PROXY_SERVICES__0", "\x07", "PROXY_SERVICES__0: not valid YAML: character 1: special characters are not"),
     ],
