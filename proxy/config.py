@@ -200,9 +200,7 @@ class ServiceSettings:
         default, custom = DEFAULT_ERRORS[name], self.errors.get(name)
         if custom is None:
             return default
-        return ErrorSettings(
-            custom.status or default.status, custom.message or default.message, custom.content_type
-        )
+        return ErrorSettings(custom.status or default.status, custom.message or default.message, custom.content_type)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def entries_from_document(document: Any) -> tuple[list[dict[str, Any]], list[tup
     """APIcast's configuration document (`{"services": [content, ...]}`) → (entries, problems); a service
     that cannot be converted is left out and named in `problems` as (key, message), the others stay."""
     if not isinstance(document, Mapping) or not isinstance(document.get("services"), list):
-        return [], [("services", "must be a list of services (APIcast's configuration: {\"services\": [...]})")]
+        return [], [("services", 'must be a list of services (APIcast\'s configuration: {"services": [...]})')]
     return entries_from_contents(document["services"], "services")
 
 
