@@ -14,16 +14,18 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
 from .background import Periodic
 from .clock import Clock, system_clock
 from .components import build
-from .config import Settings, parse_listen
+from .config import ServiceSettings, Settings, parse_listen
 from .eventloop import running_loop_kind
 from .http.server import HttpServer
+from .portal.client import PortalClient
+from .reload import ConfigReloader
 from .reporting import ReportFailed
 from .store import StoreUnavailable
 from .transport import Transport
@@ -76,6 +78,19 @@ class ProxyServer:
             ),
             Periodic("health_probe", self._probe_step, probe_interval, errors),
         ]
+        self.reloader: ConfigReloader | None = None
+        if settings.threescale.portal_endpoint:
+            portal = PortalClient(
+                settings.threescale.portal_endpoint,
+                settings.threescale.environment,
+                timeout=settings.threescale.timeout,
+            )
+            self.reloader = ConfigReloader(
+                settings, portal, self.store, self.metrics, self._apply_services, clock=clock
+            )
+            reloader = self.reloader
+            self.health.config = lambda: (reloader.source, reloader.age())
+            self._loops.append(Periodic("config", self._config_step, settings.threescale.config_refresh, errors))
         self._proxy_server: HttpServer | None = None
         self._admin_runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -88,6 +103,8 @@ class ProxyServer:
         self.metrics_port = await _bind(self._admin_runner, self.settings.metrics_listen, self.reuse_port)
 
         await self._probe_step()
+        if self.reloader is not None:
+            await self.reloader.start()  # the portal, else Redis's last good copy; never raises
         if self.health.redis == "down":
             log.warning("redis is not reachable at start; serving with the in-process cache until it is back")
 
@@ -97,7 +114,7 @@ class ProxyServer:
         host, port = parse_listen(self.settings.listen)
         self.port = await self._proxy_server.start(host, port, reuse_port=self.reuse_port)
         for loop in self._loops:
-            loop.start(at_once=loop.name != "health_probe")  # start() has just probed
+            loop.start(at_once=loop.name not in ("health_probe", "config"))  # start() has just done those
         self.health.phase = "ready"
         log.info(
             "threescale-proxy ready",
@@ -105,11 +122,27 @@ class ProxyServer:
                 "fields": {
                     "port": self.port,
                     "metrics_port": self.metrics_port,
-                    "services": len(self.settings.services),
+                    "services": self.pipeline.service_count,
                     "event_loop": running_loop_kind(),
                 }
             },
         )
+
+    def _apply_services(self, services: Sequence[ServiceSettings]) -> None:
+        """A new configuration from 3scale: the next request is routed with it; reporting knows every service
+        it ever had (usage counted for a removed one is still reported with its token)."""
+        self.pipeline.reconfigure(services)
+        self.reporter.set_services(services)
+
+    async def _config_step(self) -> None:
+        if self.reloader is not None:
+            await self.reloader.refresh()
+            age = self.reloader.age()
+            self.metrics.config_age.set(age if age is not None else 0)
+
+    async def reload_config(self) -> bool:
+        """One reload from the portal now (SIGHUP, tests); True when its configuration is in use."""
+        return await self.reloader.refresh() if self.reloader is not None else False
 
     async def flush(self) -> bool:
         """Usage and limit counts from memory to the store; False when the store is unreachable."""
@@ -150,7 +183,10 @@ class ProxyServer:
             return
         failed = []
         for service_id, fields in self.usage.take_unsent():  # Redis is down: straight to 3scale from memory
-            service = next(s for s in self.settings.services if s.id == service_id)
+            service = self.reporter.service(service_id)
+            if service is None:  # counted for a service no configuration ever had: cannot happen
+                log.error("usage of an unknown service", extra={"fields": {"service": service_id}})
+                continue
 
             async def forget(_: list[str]) -> None:
                 return None
@@ -203,6 +239,8 @@ class ProxyServer:
                 await self.authorizer.close()
         await self.transport.close()
         await self.client.close()
+        if self.reloader is not None:
+            await self.reloader.close()
         await self.store.close()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()

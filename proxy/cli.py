@@ -23,6 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate configuration files and print every problem")
     check.add_argument("files", nargs="+")
+    check.add_argument(
+        "--portal",
+        action="store_true",
+        help="also read the 3scale portal the files name (threescale.portal_endpoint) and validate what it serves",
+    )
     demo = sub.add_parser("demo", help="run the proxy with an embedded 3scale emulator and echo upstream")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
@@ -30,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "check-config":
-        return check_config(args.files)
+        return check_config(args.files, portal=args.portal)
     if args.command == "serve":
         if args.worker_index is not None:
             return _serve_worker(args.config, args.worker_index, args.worker_of, args.ready_fd)
@@ -40,8 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_demo(args.host, args.port, args.metrics_port)
 
 
-def check_config(files: Sequence[str]) -> int:
-    """Print `FILE: key: message` per problem (exit 1), or `FILE: ok` for each valid file (exit 0)."""
+def check_config(files: Sequence[str], *, portal: bool = False) -> int:
+    """Print `FILE: key: message` per problem (exit 1), or `FILE: ok` for each valid file (exit 0); with
+    `portal`, the same for what each file's 3scale portal serves (`FILE (portal ORIGIN ENV): ...`)."""
     failed = False
     for path in files:
         try:
@@ -49,9 +55,29 @@ def check_config(files: Sequence[str]) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             failed = True
-        else:
-            print(f"{path}: ok ({len(settings.services)} service{'s' if len(settings.services) != 1 else ''})")
+            continue
+        print(f"{path}: ok ({_services(len(settings.services))})")
+        if portal:
+            import asyncio
+
+            from .portal.client import PortalClient
+            from .reload import check_portal
+
+            count, problems = asyncio.run(check_portal(settings))
+            where = path
+            if settings.threescale.portal_endpoint:
+                origin = PortalClient(settings.threescale.portal_endpoint, settings.threescale.environment).origin
+                where = f"{path} (portal {origin} {settings.threescale.environment})"
+            for key, message in problems:
+                print(f"{where}: {key}: {message}", file=sys.stderr)
+                failed = True
+            if not problems:
+                print(f"{where}: ok ({_services(count)})")
     return 1 if failed else 0
+
+
+def _services(count: int) -> str:
+    return f"{count} service{'s' if count != 1 else ''}"
 
 
 def _serve(config_path: str | None) -> int:

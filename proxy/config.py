@@ -25,7 +25,7 @@ from .paths import pattern_regex
 from .portal.apicast import entries_from_document
 
 ENV_PREFIX = "PROXY_"
-SECRET_KEYS = frozenset({"token", "password", "secret", "service_token"})
+SECRET_KEYS = frozenset({"token", "password", "secret", "service_token", "portal_endpoint"})
 LEASE_MARGIN = 1.0  # seconds a lease must outlast threescale.timeout: the renewal before a POST and its ack
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "ANY"})
 

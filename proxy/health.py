@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -28,14 +28,26 @@ class Health:
         self.phase: Phase = "starting"
         self.redis: Literal["up", "down", "memory", "unknown"] = "unknown"
         self.threescale: Literal["up", "down", "unknown"] = "unknown"
+        self.config: Callable[[], tuple[str, float | None]] | None = None
+        """With services from the 3scale portal: where the configuration in use came from ("portal",
+        "redis", "yaml", "none") and its age in seconds."""
         self._metrics = metrics
 
-    def readiness(self) -> tuple[int, dict[str, str]]:
+    def readiness(self) -> tuple[int, dict[str, Any]]:
         """HTTP status and JSON body for /readyz."""
+        body: dict[str, Any] = {"redis": self.redis, "threescale": self.threescale}
+        missing = False
+        if self.config is not None:
+            source, age = self.config()
+            body["config"] = source
+            body["config_age_seconds"] = None if age is None else round(age, 1)
+            missing = source == "none"
         if self.phase != "ready":
-            return 503, {"status": self.phase, "redis": self.redis, "threescale": self.threescale}
+            return 503, {"status": self.phase, **body}
+        if missing:  # nothing to route to: the load balancer should send requests elsewhere
+            return 503, {"status": "no_configuration", **body}
         degraded = self.redis == "down" or self.threescale == "down"
-        return 200, {"status": "degraded" if degraded else "ok", "redis": self.redis, "threescale": self.threescale}
+        return 200, {"status": "degraded" if degraded else "ok", **body}
 
     async def probe_once(
         self, redis_ping: Callable[[], Awaitable[bool]] | None, threescale_ping: Callable[[], Awaitable[bool]]

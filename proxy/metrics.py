@@ -100,6 +100,19 @@ class Metrics:
             ["service", "reason"],
             registry=r,
         )
+        self.config_reloads = Counter(
+            "threescale_proxy_config_reloads",
+            "Configuration loads from 3scale by result: ok (applied), unchanged, failed (the portal could not be "
+            "read), invalid (it did not validate), cached (the last good one, from Redis, at start).",
+            ["result"],
+            registry=r,
+        )
+        self.config_age = Gauge(
+            "threescale_proxy_config_age_seconds",
+            "Seconds since the configuration in use was read from 3scale (0 for YAML only).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.errors = Counter(
             "threescale_proxy_errors",
             "Errors by kind (redis, backend, upstream_refused, upstream_timeout, ...).",

@@ -95,6 +95,7 @@ class Pipeline:
     ) -> None:
         self._router = Router(services)
         self._services = {s.id: ServiceRuntime.build(s) for s in services}
+        self.service_count = len(services)
         self._authorizer = authorizer
         self._limiter = limiter
         self._usage = usage
@@ -108,6 +109,14 @@ class Pipeline:
         self.in_flight = 0  # requests being handled: shutdown waits for them
         self.idle = asyncio.Event()
         self.idle.set()
+
+    def reconfigure(self, services: Sequence[ServiceSettings]) -> None:
+        """Serve these services from the next request on (a reload). A request under way keeps the service
+        and rules it was routed with: the router and the runtimes are replaced, never changed in place."""
+        runtimes = {s.id: ServiceRuntime.build(s) for s in services}
+        router = Router(services)
+        self._services, self._router = runtimes, router
+        self.service_count = len(services)
 
     async def handle(self, request: Request) -> None:
         """The listener's handler: every method, every path; answers on `request` itself."""

@@ -34,6 +34,8 @@ Control API (JSON; never recorded, never delayed, never down):
     GET  /_emulator/errors?service_id=            the per-service report error list (newest first)
     GET  /_emulator/state, POST /_emulator/state  {"down": "error"|"refuse"|null, "delay": 0.5, "for": 2.0}
     POST /_emulator/reset                         back to the config's state, records cleared
+Admin portal (proxy configs for configuration from 3scale): see proxy.emulator.portal; `services[].proxy`
+is APIcast's proxy object of a service, `portal: {access_token: ...}` the token it accepts.
     POST /_emulator/applications/{service_id}     add an application (JSON spec as in the config)
     DELETE /_emulator/applications/{service_id}/{app}
 "down": "refuse" through the control API closes the very socket it is asked on, so nothing can undo it
@@ -60,6 +62,7 @@ import yaml
 from aiohttp import web
 
 from .params import Params, parse
+from .portal import Portal
 from .protocol import (
     CONTENT_TYPE,
     Extensions,
@@ -128,6 +131,8 @@ class Emulator:
     def __init__(self, config: Mapping[str, Any], *, max_records: int = MAX_RECORDS) -> None:
         self._config: dict[str, Any] = copy.deepcopy(dict(config))
         self._services: dict[str, Service] = load_services(self._config)
+        self.portal = Portal(self._config)
+        """The admin portal's proxy-config endpoints (proxy.emulator.portal): set_proxy, remove, fault."""
         self._counters = Counters()
         self._errors: dict[str, list[dict[str, str]]] = {}
         self.calls: RecordLog[RecordedCall] = RecordLog(max_records)
@@ -183,7 +188,7 @@ class Emulator:
             ("DELETE", "/_emulator/applications/{service_id}/{app}", self._ctl_delete_app),
             ("*", "/_emulator/{tail:.*}", self._ctl_not_found),
         ]
-        for method, path, handler in control:
+        for method, path, handler in [*control, *self.portal.routes()]:
             app.router.add_route(method, path, handler)
         app.router.add_route("*", "/{tail:.*}", self._protocol)
         return app
@@ -286,6 +291,7 @@ class Emulator:
         """Back to the config's services and applications, zero counters, empty records, no faults
         (except "refuse", which only `set_down(None)` can undo)."""
         self._services = load_services(self._config)
+        self.portal.load(self._config)
         self._counters.clear()
         self._errors.clear()
         self.reset_calls()

@@ -67,6 +67,19 @@ class Reporter:
         self._state = {service.id: _ServiceState() for service in self._services}
         self._owner = uuid.uuid4().hex  # this replica's lease owner token
 
+    def set_services(self, services: Sequence[ServiceSettings]) -> None:
+        """A new configuration (from 3scale): its services replace those of the same id; a service it no
+        longer has stays known, so the usage counted for it is still reported with its token."""
+        known = {service.id: service for service in self._services}
+        for service in services:
+            known[service.id] = service
+            self._state.setdefault(service.id, _ServiceState())
+        self._services = list(known.values())
+
+    def service(self, service_id: str) -> ServiceSettings | None:
+        """The settings last known for a service id (reporting needs its token)."""
+        return next((s for s in self._services if s.id == service_id), None)
+
     async def report_all(self, *, force: bool = False) -> list[ReportFailed]:
         """One round over every service (those backing off are skipped unless `force`). Returns the services'
         failures, each counted and logged, so one tenant's trouble never stops the others; StoreUnavailable

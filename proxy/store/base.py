@@ -44,6 +44,12 @@ def auth_key(service_id: str, digest: str) -> str:
     return _key(service_id, "auth", digest)
 
 
+def config_key(origin: str, environment: str) -> str:
+    """The last good configuration from a portal (its origin, never its token) for one environment."""
+    digest = hashlib.sha256(f"{origin}\x00{environment}".encode()).hexdigest()[:16]
+    return f"{KEY_PREFIX}:config:{digest}:{environment}"
+
+
 def pending_key(service_id: str) -> str:
     """Hash of usage counted and not yet taken for a report: field → delta."""
     return _key(service_id, "pending")

@@ -169,3 +169,44 @@ async def test_serve_stops_on_sigterm_with_exit_0(served):
     stdout = proc.stdout.read().decode() if proc.stdout else ""
     assert '"msg":"threescale-proxy stopped"' in stdout
     assert '"event_loop":"uvloop"' in stdout  # event_loop: auto, and uvloop is installed
+
+
+async def test_check_config_portal_validates_what_the_portal_serves(tmp_path):
+    """`check-config --portal`: the portal's services converted and validated as a reload would, each
+    problem named by service and key, and the access token never printed."""
+    from proxy.emulator.server import Emulator
+
+    bad_rule = {"http_method": "GET", "pattern": "/v1/(orders", "metric_system_name": "hits", "delta": 1}
+    services = [
+        {"id": "101", "token": "t1", "proxy": {"hosts": ["a.example.com"], "api_backend": "http://127.0.0.1:9"}},
+        {
+            "id": "102",
+            "token": "t2",
+            "proxy": {"hosts": ["b.example.com"], "api_backend": "http://127.0.0.1:9", "proxy_rules": [bad_rule]},
+        },
+        {"id": "103", "token": "t3", "backend_version": "oauth", "proxy": {"hosts": ["c.example.com"]}},
+    ]
+    emulator = Emulator({"services": services, "portal": {"access_token": "s3cr3t-portal-token"}})
+    await emulator.start()
+    try:
+        config = tmp_path / "proxy.yaml"
+        endpoint = emulator.url.replace("http://", "http://s3cr3t-portal-token@")
+        config.write_text(yaml.safe_dump({"threescale": {"portal_endpoint": endpoint}}))
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON,
+            "-m",
+            "proxy",
+            "check-config",
+            "--portal",
+            str(config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = (b.decode() for b in await asyncio.wait_for(proc.communicate(), 30))
+        assert proc.returncode == 1
+        where = f"{config} (portal {emulator.url} production)"
+        assert f"{where}: proxy_configs[2] (service 103): backend_version: 'oauth' is not supported" in err
+        assert f"{where}: services[1].mapping_rules[0].pattern: is not a valid pattern" in err
+        assert "s3cr3t-portal-token" not in out + err and "Traceback" not in err
+    finally:
+        await emulator.stop()

@@ -1,0 +1,155 @@
+"""Services from the 3scale admin portal, kept current: at start, every `threescale.config_refresh` seconds,
+and on demand, without a restart and without failing a request under way.
+
+A portal that is down or answers something that does not validate leaves the last good configuration in
+place (logged, counted in threescale_proxy_config_reloads_total{result}); the last good one is kept in
+Redis too, so a replica that starts while the portal is down still serves what the others serve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from .clock import Clock, system_clock
+from .config import ServiceSettings, Settings, merge_services
+from .metrics import Metrics
+from .portal.apicast import entries_from_contents
+from .portal.client import PortalClient, PortalError
+from .store import Store, StoreUnavailable, config_key
+
+log = logging.getLogger(__name__)
+
+CACHE_TTL = 30 * 86400.0  # how long Redis keeps the last good configuration without a newer one
+Source = Literal["yaml", "portal", "redis", "none"]
+Apply = Callable[[Sequence[ServiceSettings]], None]
+
+
+async def check_portal(settings: Settings) -> tuple[int, list[tuple[str, str]]]:
+    """What the portal serves now, converted and validated as a reload would: (services, problems).
+    A service it cannot serve and a key that does not validate are problems, named by service and key."""
+    endpoint = settings.threescale.portal_endpoint
+    if not endpoint:
+        return 0, [("threescale.portal_endpoint", "is not set")]
+    client = PortalClient(endpoint, settings.threescale.environment, timeout=settings.threescale.timeout)
+    try:
+        contents = await client.contents()
+    except PortalError as exc:
+        return 0, [("portal", str(exc))]
+    finally:
+        await client.close()
+    entries, problems = entries_from_contents(contents, "proxy_configs")
+    services = merge_services(settings, entries, "portal", problems)
+    return len(services or ()), problems
+
+
+class ConfigReloader:
+    """Reads the portal, validates what it serves with the YAML's entries merged in, and applies it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: PortalClient,
+        store: Store,
+        metrics: Metrics,
+        apply: Apply,
+        *,
+        clock: Clock = system_clock,
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._store = store
+        self._metrics = metrics
+        self._apply = apply
+        self._clock = clock
+        self._key = config_key(client.origin, client.environment)
+        self._current: str | None = None  # the contents in use, as canonical JSON: unchanged ones are not applied
+        self.source: Source = "yaml" if settings.services else "none"
+        self.loaded_at: float | None = None  # when the configuration in use was read from 3scale
+
+    def age(self) -> float | None:
+        """Seconds since the configuration in use was read from 3scale; None if it never was."""
+        return None if self.loaded_at is None else max(0.0, self._clock() - self.loaded_at)
+
+    async def start(self) -> None:
+        """The first load: the portal, else the last good configuration in Redis; never raises (with
+        neither, the YAML's own services are served, or readiness says the configuration is missing)."""
+        if await self.refresh():
+            return
+        try:
+            cached = await self._store.get(self._key)
+        except StoreUnavailable:
+            cached = None
+        if cached is None:
+            log.error("no configuration from 3scale: the portal is unreachable and Redis holds none")
+            return
+        try:
+            document = json.loads(cached)
+            contents, loaded_at = document["contents"], float(document["loaded_at"])
+        except (ValueError, KeyError, TypeError):
+            log.error("the configuration kept in Redis is unreadable; ignored")
+            return
+        if self._use(contents, loaded_at, "redis"):
+            self._metrics.config_reloads.labels("cached").inc()
+            log.warning("serving the last good configuration from Redis: the portal is unreachable")
+
+    async def refresh(self) -> bool:
+        """One load from the portal; True when its configuration is in use (applied or unchanged)."""
+        try:
+            contents = await self._client.contents()
+        except PortalError as exc:
+            self._metrics.config_reloads.labels("failed").inc()
+            log.warning(
+                "the 3scale portal could not be read; the last good configuration stays",
+                extra={"fields": {"portal": self._client.origin, "error": str(exc), "age": self.age()}},
+            )
+            return False
+        now = self._clock()
+        canonical = json.dumps(contents, sort_keys=True)
+        if canonical == self._current:
+            self.loaded_at, self.source = now, "portal"
+            self._metrics.config_reloads.labels("unchanged").inc()
+            await self._keep(contents, now)
+            return True
+        if not self._use(contents, now, "portal"):
+            return False
+        self._metrics.config_reloads.labels("ok").inc()
+        await self._keep(contents, now)
+        return True
+
+    def _use(self, contents: list[Any], loaded_at: float, source: Source) -> bool:
+        """Convert, merge, validate and apply; False (counted, logged, nothing changed) if it does not validate."""
+        entries, problems = entries_from_contents(contents, "proxy_configs")
+        for key, message in problems:  # a service it cannot serve is left out; the others load
+            log.error("a service from 3scale cannot be served", extra={"fields": {"key": key, "problem": message}})
+        merged_problems: list[tuple[str, str]] = []
+        services = merge_services(self._settings, entries, source, merged_problems)
+        if services is None:
+            self._metrics.config_reloads.labels("invalid").inc()
+            for key, message in merged_problems:
+                log.error(
+                    "the configuration from 3scale does not validate; the last good one stays",
+                    extra={"fields": {"key": key, "problem": message}},
+                )
+            return False
+        self._apply(services)
+        self._current = json.dumps(contents, sort_keys=True)
+        self.loaded_at, self.source = loaded_at, source
+        log.info(
+            "configuration from 3scale applied",
+            extra={"fields": {"source": source, "services": len(services), "skipped": len(problems)}},
+        )
+        return True
+
+    async def _keep(self, contents: list[Any], loaded_at: float) -> None:
+        try:
+            await self._store.set(
+                self._key, json.dumps({"contents": contents, "loaded_at": loaded_at}).encode(), CACHE_TTL
+            )
+        except StoreUnavailable:
+            pass  # the next refresh keeps it; this replica has it in memory meanwhile
+
+    async def close(self) -> None:
+        await self._client.close()

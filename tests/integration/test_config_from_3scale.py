@@ -1,0 +1,208 @@
+"""Services and mapping rules from the 3scale admin portal (the emulator's portal endpoints), as APIcast's
+remote_v2 loader reads them: paginated, hot-reloaded, kept in Redis, overridden from YAML."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from proxy.config import settings_from_dict
+from proxy.emulator.server import Emulator
+from tests.support import KEY, OTHER_KEY, SERVICE_ID, TOKEN, eventually, metric_value, reported_totals
+
+pytestmark = pytest.mark.asyncio
+
+PORTAL_TOKEN = "portal-access-token-123"
+
+
+def portal_config(upstream_url: str, extra_services: int = 0) -> dict[str, Any]:
+    """The emulator's config: one service with applications and a proxy config, and `extra_services` more."""
+    services = [
+        {
+            "id": SERVICE_ID,
+            "token": TOKEN,
+            "backend_version": 1,
+            "metrics": {"hits": {}, "orders": {"parent": "hits"}},
+            "plans": {"basic": {"limits": {"hits": {"day": 1_000_000}}}},
+            "applications": [{"user_key": KEY, "plan": "basic"}, {"user_key": OTHER_KEY, "plan": "basic"}],
+            "proxy": {
+                "hosts": ["api.example.com"],
+                "api_backend": "https://private.example.com:443",
+                "credentials_location": "headers",
+                "auth_user_key": "x-api-key",
+                "proxy_rules": [
+                    {"http_method": "GET", "pattern": "/", "metric_system_name": "hits", "delta": 1, "position": 1},
+                ],
+            },
+        }
+    ]
+    for i in range(extra_services):
+        sid = str(10_000 + i)
+        services.append(
+            {
+                "id": sid,
+                "token": f"token-{sid}",
+                "backend_version": 1,
+                "metrics": {"hits": {}},
+                "plans": {"p": {}},
+                "applications": [{"user_key": f"key-of-{sid}-0123", "plan": "p"}],
+                "proxy": {"hosts": [f"s{sid}.example.com"], "api_backend": upstream_url},
+            }
+        )
+    return {"services": services, "portal": {"access_token": PORTAL_TOKEN}}
+
+
+def proxy_raw(emulator: Emulator, upstream_url: str, redis_url: str = "memory://", **extra: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "metrics_listen": "127.0.0.1:0",
+        "redis_url": redis_url,
+        "threescale": {
+            "backend_url": emulator.url,
+            "timeout": 1,
+            "portal_endpoint": emulator.url.replace("http://", f"http://{PORTAL_TOKEN}@"),
+            "environment": "production",
+            "config_refresh": 3600,
+        },
+        # in a sidecar the upstream is the app beside the proxy, not the portal's api_backend
+        "services": [{"id": SERVICE_ID, "upstream": upstream_url}],
+        "log": {"access_log": False},
+        "report": {"interval": 60, "flush_to_redis_ms": 100, "lease": 5},
+        "shutdown": {"drain_delay": 0, "timeout": 10},
+    }
+    raw.update(extra)
+    return raw
+
+
+@pytest.fixture
+async def portal_emulator(upstream):
+    emu = Emulator(portal_config(upstream.url))
+    await emu.start()
+    yield emu
+    await emu.stop()
+
+
+async def get(http, proxy, path, host="api.example.com", key=KEY) -> tuple[int, str]:
+    async with http.get(f"http://127.0.0.1:{proxy.port}{path}", headers={"Host": host, "x-api-key": key}) as resp:
+        return resp.status, await resp.text()
+
+
+async def test_services_and_rules_come_from_the_portal_with_the_yaml_override(
+    portal_emulator, upstream, make_proxy, http
+):
+    proxy = await make_proxy(settings_from_dict(proxy_raw(portal_emulator, upstream.url), env={}))
+    assert (await get(http, proxy, "/anything"))[0] == 200
+    assert upstream.received[-1]["path"] == "/anything"  # the YAML's upstream, not the portal's api_backend
+    assert (await get(http, proxy, "/anything", host="other.example.com"))[0] == 404  # hosts route
+    (call,) = [c for c in portal_emulator.calls_to("authorize")]
+    assert dict(call.params)["service_token"] == TOKEN  # the portal's backend_authentication_value
+    async with http.get(f"http://127.0.0.1:{proxy.metrics_port}/readyz") as resp:
+        body = await resp.json()
+        assert resp.status == 200 and body["config"] == "portal" and body["config_age_seconds"] < 60
+    await proxy.report_now()
+    assert reported_totals(portal_emulator, KEY) == {"hits": 1}
+
+
+async def test_a_rule_added_changed_and_removed_takes_effect_on_reload_with_requests_in_flight(
+    portal_emulator, upstream, make_proxy, http
+):
+    proxy = await make_proxy(settings_from_dict(proxy_raw(portal_emulator, upstream.url), env={}))
+    rules = portal_emulator.portal.proxy(SERVICE_ID)["proxy_rules"]
+    orders = {"http_method": "GET", "pattern": "/slow", "metric_system_name": "orders", "delta": 3, "position": 0}
+
+    async def slow() -> int:
+        return (await get(http, proxy, "/slow?seconds=0.5"))[0]
+
+    proxy_obj = portal_emulator.portal.proxy(SERVICE_ID)
+    proxy_obj["proxy_rules"] = [orders, *rules]  # added
+    portal_emulator.portal.set_proxy(SERVICE_ID, proxy_obj)
+    assert await proxy.reload_config()
+    in_flight = asyncio.create_task(slow())
+    await eventually(lambda: any(r["path"] == "/slow" for r in upstream.received), what="the slow request upstream")
+    proxy_obj["proxy_rules"] = [{**orders, "delta": 5}]  # changed, and "/" removed, while /slow is under way
+    portal_emulator.portal.set_proxy(SERVICE_ID, proxy_obj)
+    assert await proxy.reload_config()
+    assert await in_flight == 200
+    assert (await get(http, proxy, "/slow?seconds=0"))[0] == 200
+    assert await get(http, proxy, "/other") == (404, "No Mapping Rule matched")  # "/" is gone: porta's answer
+    await proxy.report_now()
+    assert reported_totals(portal_emulator, KEY) == {"orders": 3 + 5, "hits": 1}  # the first /slow matched "/" too
+
+
+async def test_a_portal_that_is_down_or_answers_garbage_keeps_the_last_good_configuration(
+    portal_emulator, upstream, make_proxy, http
+):
+    proxy = await make_proxy(settings_from_dict(proxy_raw(portal_emulator, upstream.url), env={}))
+    for fault in ("error", "garbage"):
+        portal_emulator.portal.fault = fault
+        assert not await proxy.reload_config()
+        assert (await get(http, proxy, "/x"))[0] == 200
+    portal_emulator.portal.fault = None
+    broken = portal_emulator.portal.proxy(SERVICE_ID)
+    broken["proxy_rules"] = [{"http_method": "GET", "pattern": "/a(b", "metric_system_name": "hits"}]
+    portal_emulator.portal.set_proxy(SERVICE_ID, broken)
+    assert not await proxy.reload_config()  # does not validate: not applied
+    assert (await get(http, proxy, "/x"))[0] == 200
+    text = proxy.metrics.render().decode()
+    assert metric_value(text, "threescale_proxy_config_reloads_total", result="failed") == 2
+    assert metric_value(text, "threescale_proxy_config_reloads_total", result="invalid") == 1
+    assert metric_value(text, "threescale_proxy_config_reloads_total", result="ok") == 1
+
+
+async def test_a_replica_that_starts_while_the_portal_is_down_serves_the_config_kept_in_redis(
+    portal_emulator, upstream, make_proxy, http, redis_url
+):
+    first = await make_proxy(settings_from_dict(proxy_raw(portal_emulator, upstream.url, redis_url), env={}))
+    assert (await get(http, first, "/x"))[0] == 200
+    portal_emulator.portal.fault = "error"
+    second = await make_proxy(settings_from_dict(proxy_raw(portal_emulator, upstream.url, redis_url), env={}))
+    assert (await get(http, second, "/x"))[0] == 200
+    async with http.get(f"http://127.0.0.1:{second.metrics_port}/readyz") as resp:
+        assert resp.status == 200 and (await resp.json())["config"] == "redis"
+
+
+async def test_with_no_portal_and_no_copy_readiness_says_so(portal_emulator, upstream, make_proxy, http):
+    portal_emulator.portal.fault = "error"
+    raw = proxy_raw(portal_emulator, upstream.url)
+    raw["services"] = []
+    proxy = await make_proxy(settings_from_dict(raw, env={}))
+    async with http.get(f"http://127.0.0.1:{proxy.metrics_port}/readyz") as resp:
+        assert resp.status == 503 and (await resp.json())["status"] == "no_configuration"
+    assert (await get(http, proxy, "/x"))[0] == 404
+    portal_emulator.portal.fault = None
+    assert await proxy.reload_config()
+    async with http.get(f"http://127.0.0.1:{proxy.metrics_port}/readyz") as resp:
+        assert resp.status == 200
+
+
+async def test_more_than_one_page_of_proxy_configs_is_read(upstream, make_proxy, http):
+    emu = Emulator(portal_config(upstream.url, extra_services=520))
+    await emu.start()
+    try:
+        proxy = await make_proxy(settings_from_dict(proxy_raw(emu, upstream.url), env={}))
+        assert proxy.pipeline.service_count == 521
+        # porta's defaults for a service whose proxy says nothing of credentials: user_key in the query
+        assert (await get(http, proxy, "/x?user_key=key-of-10519-0123", host="s10519.example.com"))[0] == 200
+        assert (await get(http, proxy, "/x", host="s10519.example.com"))[0] == 403  # porta's auth_missing: 403
+        pages = [(path, query.get("page"), query.get("per_page")) for path, query in emu.portal.requests]
+        endpoint = "/admin/api/account/proxy_configs/production.json"
+        assert pages == [(endpoint, "1", "500"), (endpoint, "2", "500")]
+    finally:
+        await emu.stop()
+
+
+async def test_the_token_goes_as_apicast_sends_it_and_a_wrong_one_is_refused(portal_emulator, upstream, make_proxy):
+    from proxy.portal.client import PortalClient, PortalError
+
+    good = PortalClient(portal_emulator.url.replace("http://", f"http://{PORTAL_TOKEN}@"), "production")
+    bad = PortalClient(portal_emulator.url.replace("http://", "http://wrong-token@"), "production")
+    try:
+        assert [c["id"] for c in await good.contents()] == [int(SERVICE_ID)]
+        with pytest.raises(PortalError) as err:
+            await bad.contents()
+        assert "status 403" in str(err.value) and "wrong-token" not in str(err.value)
+    finally:
+        await good.close()
+        await bad.close()
