@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -21,7 +22,7 @@ from aiohttp import web
 from .background import Periodic
 from .clock import Clock, system_clock
 from .components import build
-from .config import ServiceSettings, Settings, parse_listen
+from .config import ConfigError, ServiceSettings, Settings, load_settings, parse_listen
 from .eventloop import running_loop_kind
 from .http.server import HttpServer
 from .portal.client import PortalClient
@@ -144,6 +145,37 @@ class ProxyServer:
         """One reload from the portal now (SIGHUP, tests); True when its configuration is in use."""
         return await self.reloader.refresh() if self.reloader is not None else False
 
+    def reload_file(self, path: str | None) -> bool:
+        """SIGHUP: read the YAML (and APIcast's file) again and serve its services and rules; what else
+        changed needs a restart (logged). A file that does not validate changes nothing (logged, counted)."""
+        try:
+            settings = load_settings(path)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("invalid").inc()
+            for key, message in exc.problems:
+                log.error(
+                    "the reloaded file does not validate; nothing changed",
+                    extra={"fields": {"key": key, "problem": message}},
+                )
+            return False
+        ignored = [
+            f.name
+            for f in dataclasses.fields(Settings)
+            if f.name not in ("services", "service_entries")
+            and getattr(settings, f.name) != getattr(self.settings, f.name)
+        ]
+        if ignored:
+            log.warning("settings other than services change only on a restart", extra={"fields": {"keys": ignored}})
+        if self.reloader is not None:
+            applied = self.reloader.use_settings(settings)
+        else:
+            self._apply_services(settings.services)
+            applied = True
+        if applied:
+            self.metrics.config_reloads.labels("ok").inc()
+            log.info("configuration file reloaded", extra={"fields": {"services": self.pipeline.service_count}})
+        return applied
+
     async def flush(self) -> bool:
         """Usage and limit counts from memory to the store; False when the store is unreachable."""
         ok = True
@@ -258,12 +290,19 @@ async def _bind(runner: web.AppRunner, listen: str, reuse_port: bool = False) ->
     return int(sockets[0].getsockname()[1]) if sockets else port
 
 
-async def run_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> int:
-    """Start, wait for SIGTERM or SIGINT, stop; exit 0 on a clean stop (what ECS and Kubernetes expect)."""
+async def run_until_signal(
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+    reload: Callable[[], object] | None = None,
+) -> int:
+    """Start, wait for SIGTERM or SIGINT, stop; exit 0 on a clean stop (what ECS and Kubernetes expect).
+    SIGHUP calls `reload` (the configuration file again), as nginx and APIcast users expect."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await start()
     except OSError as exc:

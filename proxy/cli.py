@@ -98,7 +98,9 @@ def _serve(config_path: str | None) -> int:
 
     setup_logging(settings.log.level)
     server = ProxyServer(settings)
-    return run(run_until_signal(server.start, server.stop), settings.event_loop)
+    return run(
+        run_until_signal(server.start, server.stop, lambda: server.reload_file(config_path)), settings.event_loop
+    )
 
 
 def _serve_worker(config_path: str | None, index: int, parent_pid: int | None, ready_fd: int | None) -> int:
@@ -109,4 +111,4 @@ def _serve_worker(config_path: str | None, index: int, parent_pid: int | None, r
     except ConfigError as exc:  # the file changed since the supervisor read it
         print(exc, file=sys.stderr)
         return 1
-    return run_worker(settings, index, parent_pid, ready_fd)
+    return run_worker(settings, index, parent_pid, ready_fd, config_path)

@@ -66,6 +66,7 @@ class ConfigReloader:
         self._clock = clock
         self._key = config_key(client.origin, client.environment)
         self._current: str | None = None  # the contents in use, as canonical JSON: unchanged ones are not applied
+        self._contents: list[Any] | None = None
         self.source: Source = "yaml" if settings.services else "none"
         self.loaded_at: float | None = None  # when the configuration in use was read from 3scale
 
@@ -135,6 +136,7 @@ class ConfigReloader:
                 )
             return False
         self._apply(services)
+        self._contents = contents
         self._current = json.dumps(contents, sort_keys=True)
         self.loaded_at, self.source = loaded_at, source
         log.info(
@@ -142,6 +144,17 @@ class ConfigReloader:
             extra={"fields": {"source": source, "services": len(services), "skipped": len(problems)}},
         )
         return True
+
+    def use_settings(self, settings: Settings) -> bool:
+        """The YAML was reloaded (SIGHUP): its entries merged into the configuration from 3scale in use, or
+        its own services while there is none; False (nothing changed) if the result does not validate."""
+        self._settings = settings
+        if self._contents is None or self.loaded_at is None:
+            if settings.services:
+                self._apply(settings.services)
+                self.source = "yaml"
+            return True
+        return self._use(self._contents, self.loaded_at, self.source)
 
     async def _keep(self, contents: list[Any], loaded_at: float) -> None:
         try:

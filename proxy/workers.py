@@ -242,6 +242,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._forward_hup)
         try:
             overrides, held = reserve_ports(self.settings)
         except OSError as exc:
@@ -272,6 +273,13 @@ class Supervisor:
             for sock in held:
                 sock.close()
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _forward_hup(self) -> None:
+        """SIGHUP: every worker reloads the configuration file itself."""
+        for slot in self._slots:
+            if slot.proc is not None and slot.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.proc.send_signal(signal.SIGHUP)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if not self._stopping.is_set():
@@ -417,7 +425,9 @@ def supervise(settings: Settings, config_path: str | None, workers: int) -> int:
 # ------------------------------------------------------------------------------------------------ one worker
 
 
-def run_worker(settings: Settings, index: int, parent_pid: int | None, ready_fd: int | None) -> int:
+def run_worker(
+    settings: Settings, index: int, parent_pid: int | None, ready_fd: int | None, config_path: str | None = None
+) -> int:
     """A worker: one ProxyServer sharing its ports (SO_REUSEPORT); tells the supervisor once it serves."""
     from .app import ProxyServer, run_until_signal  # the supervisor never imports the proxy itself
     from .eventloop import run
@@ -434,7 +444,7 @@ def run_worker(settings: Settings, index: int, parent_pid: int | None, ready_fd:
                 os.write(ready_fd, b"r")
                 os.close(ready_fd)
 
-    return run(run_until_signal(start, server.stop), settings.event_loop)
+    return run(run_until_signal(start, server.stop, lambda: server.reload_file(config_path)), settings.event_loop)
 
 
 def _stop_with_parent(parent_pid: int, interval: float = PARENT_CHECK) -> None:

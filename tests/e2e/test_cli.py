@@ -210,3 +210,35 @@ async def test_check_config_portal_validates_what_the_portal_serves(tmp_path):
         assert "s3cr3t-portal-token" not in out + err and "Traceback" not in err
     finally:
         await emulator.stop()
+
+
+async def test_sighup_reloads_the_services_and_rules_and_a_broken_file_changes_nothing(served, tmp_path):
+    proc, port, metrics_port = served
+    path = tmp_path / "proxy.yaml"
+    config = yaml.safe_load(path.read_text())
+
+    async def status(target: str) -> int:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}{target}", headers={"x-api-key": KEY}) as resp:
+                return resp.status
+
+    assert await status("/x") == 200
+    config["services"][0]["mapping_rules"] = [{"method": "GET", "pattern": "/v1", "metric": "hits"}]
+    path.write_text(yaml.safe_dump(config))
+    proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while await status("/x") != 404:  # no rule for /x any more: the reload has happened
+        assert time.monotonic() < deadline, "SIGHUP did not reload the rules"
+        await asyncio.sleep(0.05)  # polling the proxy's answers: the event is the reload taking effect
+    assert await status("/v1/a") == 200
+    path.write_text("services: [oops\n")
+    proc.send_signal(signal.SIGHUP)
+    line = 'threescale_proxy_config_reloads_total{result="invalid"} 1.0'
+    while True:  # the broken file was read (and refused): the counter says so
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+                if line in await resp.text():
+                    break
+        assert time.monotonic() < deadline + 10, "the broken file's reload was not counted"
+        await asyncio.sleep(0.05)
+    assert await status("/v1/a") == 200 and await status("/x") == 404 and proc.poll() is None

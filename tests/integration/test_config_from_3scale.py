@@ -206,3 +206,24 @@ async def test_the_token_goes_as_apicast_sends_it_and_a_wrong_one_is_refused(por
     finally:
         await good.close()
         await bad.close()
+
+
+async def test_a_reloaded_yaml_override_applies_to_the_portals_service(
+    portal_emulator, upstream, make_proxy, http, tmp_path
+):
+    import yaml
+
+    raw = proxy_raw(portal_emulator, upstream.url)
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proxy = await make_proxy(settings_from_dict(raw, env={}))
+    assert (await get(http, proxy, "/x"))[0] == 200
+    raw["services"][0]["mapping_rules"] = [{"method": "GET", "pattern": "/only", "metric": "hits"}]
+    path.write_text(yaml.safe_dump(raw))
+    asked = len(portal_emulator.portal.requests)
+    assert proxy.reload_file(str(path))
+    assert (await get(http, proxy, "/x"))[0] == 404 and (await get(http, proxy, "/only/y"))[0] == 200
+    assert len(portal_emulator.portal.requests) == asked  # merged into the portal's config in use: no new call
+    path.write_text("services: 3\n")
+    assert not proxy.reload_file(str(path))
+    assert (await get(http, proxy, "/only/y"))[0] == 200
