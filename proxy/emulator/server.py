@@ -34,6 +34,7 @@ Control API (JSON; never recorded, never delayed, never down):
     GET  /_emulator/errors?service_id=            the per-service report error list (newest first)
     GET  /_emulator/state, POST /_emulator/state  {"down": "error"|"refuse"|null, "delay": 0.5, "for": 2.0}
     POST /_emulator/reset                         back to the config's state, records cleared
+    POST /_emulator/portal/{service_id}/proxy_rules   add a mapping rule (JSON proxy rule) to the proxy config
 Admin portal (proxy configs for configuration from 3scale): see proxy.emulator.portal; `services[].proxy`
 is APIcast's proxy object of a service, `portal: {access_token: ...}` the token it accepts.
     POST /_emulator/applications/{service_id}     add an application (JSON spec as in the config)
@@ -186,6 +187,7 @@ class Emulator:
             ("POST", "/_emulator/reset", self._ctl_reset),
             ("POST", "/_emulator/applications/{service_id}", self._ctl_add_app),
             ("DELETE", "/_emulator/applications/{service_id}/{app}", self._ctl_delete_app),
+            ("POST", "/_emulator/portal/{service_id}/proxy_rules", self._ctl_add_rule),
             ("*", "/_emulator/{tail:.*}", self._ctl_not_found),
         ]
         for method, path, handler in [*control, *self.portal.routes()]:
@@ -541,6 +543,25 @@ class Emulator:
         except (ValueError, TypeError) as exc:
             return _json_error(400, str(exc))
         return web.json_response({"ok": True}, status=201)
+
+    async def _ctl_add_rule(self, request: web.Request) -> web.Response:
+        """POST /_emulator/portal/{service_id}/proxy_rules with a JSON proxy rule: a new latest proxy config
+        with the rule added last (as a portal user adding a mapping rule and promoting the config)."""
+        sid = request.match_info["service_id"]
+        try:
+            rule = await request.json()
+            if not isinstance(rule, dict):
+                raise TypeError("a proxy rule is a JSON object")
+            proxy = self.portal.proxy(sid)
+        except KeyError:
+            return _json_error(404, f"unknown service {sid!r}")
+        except (ValueError, TypeError) as exc:
+            return _json_error(400, str(exc))
+        rules = proxy.get("proxy_rules") or []
+        rules.append({"delta": 1, "last": False, **rule, "position": len(rules) + 1})
+        proxy["proxy_rules"] = rules
+        self.portal.set_proxy(sid, proxy)
+        return web.json_response({"ok": True, "rules": len(rules)}, status=201)
 
     async def _ctl_delete_app(self, request: web.Request) -> web.Response:
         """DELETE /_emulator/applications/{service_id}/{app}."""

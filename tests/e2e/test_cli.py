@@ -60,7 +60,7 @@ def demo() -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
         text=True,
     )
     try:
-        _, lines = wait_for_line(proc, r"^\s+curl ")
+        _, lines = wait_for_line(proc, r"^\s+curl -i .*/orders")  # the banner's last line
         yield proc, lines
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -69,8 +69,7 @@ def demo() -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
 
 def test_demo_answers_its_own_curl_line(demo):
     _proc, lines = demo
-    curl_line = lines[-1].strip()
-    assert curl_line.startswith("curl -i -H 'x-api-key: ")
+    curl_line = next(line.strip() for line in lines if line.strip().startswith("curl -i -H 'x-api-key: "))
     if shutil.which("curl") is None:
         pytest.fail("curl is not installed: the demo prints a curl line, so the test runs it")
     out = subprocess.run(shlex.split(curl_line), capture_output=True, text=True, timeout=10)
@@ -81,6 +80,26 @@ def test_demo_answers_its_own_curl_line(demo):
     denied = subprocess.run(wrong, capture_output=True, text=True, timeout=10)
     assert denied.stdout.startswith("HTTP/1.1 403")
     assert '"reason": "user_key_invalid"' in denied.stdout
+
+
+def test_demo_applies_a_rule_added_in_the_portal_without_a_restart(demo):
+    """The demo's own lines: /orders has no rule (404); the portal gets one; within the refresh it is 200."""
+    _proc, lines = demo
+    curls = [shlex.split(line.strip()) for line in lines if line.strip().startswith("curl ")]
+    add_rule, orders = curls[-2], curls[-1]
+    assert "/orders" in orders[-1] and "proxy_rules" in add_rule[3]
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed: the demo prints curl lines, so the test runs them")
+    before = subprocess.run(orders, capture_output=True, text=True, timeout=10)
+    assert before.stdout.startswith("HTTP/1.1 404") and '"error": "no_match"' in before.stdout
+    assert subprocess.run(add_rule, capture_output=True, text=True, timeout=10).returncode == 0
+    deadline = time.monotonic() + 15  # the demo reloads every 5 s
+    while not (after := subprocess.run(orders, capture_output=True, text=True, timeout=10)).stdout.startswith(
+        "HTTP/1.1 200"
+    ):
+        assert time.monotonic() < deadline, after.stdout
+        time.sleep(0.2)  # polling the demo's answer: the event is the reload taking effect
+    assert '"path": "/orders"' in after.stdout or '"path":"/orders"' in after.stdout
 
 
 def test_demo_stops_cleanly_on_sigterm(demo):
