@@ -227,3 +227,44 @@ async def test_a_reloaded_yaml_override_applies_to_the_portals_service(
     path.write_text("services: 3\n")
     assert not proxy.reload_file(str(path))
     assert (await get(http, proxy, "/only/y"))[0] == 200
+
+
+async def test_refreshes_under_load_fail_no_request(portal_emulator, upstream, make_proxy, http):
+    """The periodic refresh (every 0.1 s here) swaps the rules under a steady stream of requests: every request
+    is answered 200 by one configuration or the next, and the new rule takes effect within a refresh."""
+    raw = proxy_raw(portal_emulator, upstream.url)
+    raw["threescale"]["config_refresh"] = 0.1
+    proxy = await make_proxy(settings_from_dict(raw, env={}))
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            statuses.append((await get(http, proxy, "/v2/orders"))[0])
+
+    workers = [asyncio.create_task(load()) for _ in range(8)]
+    for delta in (2, 3, 4):
+        proxy_obj = portal_emulator.portal.proxy(SERVICE_ID)
+        proxy_obj["proxy_rules"] = [
+            {"http_method": "GET", "pattern": "/", "metric_system_name": "hits", "delta": 1, "position": 1},
+            {"http_method": "GET", "pattern": "/v2", "metric_system_name": "orders", "delta": delta, "position": 2},
+        ]
+        portal_emulator.portal.set_proxy(SERVICE_ID, proxy_obj)
+        seen = len(statuses)
+        applied = delta  # the start's load, then one per change: ok counts 2, 3, 4
+        await eventually(
+            lambda a=applied: (
+                metric_value(proxy.metrics.render().decode(), "threescale_proxy_config_reloads_total", result="ok") == a
+            ),
+            what=f"the rule with delta {delta} applied",
+        )
+        await eventually(lambda s=seen: len(statuses) > s + 20, what="requests served after the swap")
+    stop.set()
+    await asyncio.gather(*workers)
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    await proxy.report_now()
+    totals = reported_totals(portal_emulator, KEY)
+    assert totals["hits"] == len(statuses)  # every request counted once ("/" matches all of them)
+    # each at the delta of the configuration that routed it: 0 before the first change, then 2, 3 or 4, and
+    # more than 20 requests were served after each change
+    assert 2 * 20 * 3 < totals["orders"] <= 4 * len(statuses)
