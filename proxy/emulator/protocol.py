@@ -25,7 +25,6 @@ MAX_AHEAD = 3600
 REPORT_CONTENT_TYPES = ("", "application/x-www-form-urlencoded", "multipart/form-data")
 
 _USAGE_VALUE = re.compile(r"\s*#?[0-9]+\s*")
-_ZERO_VALUE = re.compile(r"\s*0+\s*")
 
 
 class ProtocolError(Exception):
@@ -503,10 +502,12 @@ def process_batch(service: Service, transactions: Mapping[str, Any], flat: bool,
     accepted: list[Transaction] = []
     for tx in transactions.values():
         raw_usage = tx.get("usage")
-        if not isinstance(raw_usage, dict) or _all_zero(raw_usage):
-            continue
+        if isinstance(raw_usage, dict) and raw_usage and _all_zero(raw_usage):
+            continue  # Transactor.report drops these before the job: their application is never looked up
         app_id, user_key = _text_param(tx, "app_id"), _text_param(tx, "user_key")
-        app = find_app(service, app_id, user_key)
+        app = find_app(service, app_id, user_key)  # the job looks up every application, usage or not
+        if not isinstance(raw_usage, dict) or not raw_usage:
+            continue  # checked, and nothing to count
         usage = parse_usage(service, raw_usage)
         timestamp = parse_timestamp(tx.get("timestamp"), now)
         if timestamp < now - MAX_AGE:
@@ -534,8 +535,8 @@ def process_batch(service: Service, transactions: Mapping[str, Any], flat: bool,
 
 
 def _all_zero(raw_usage: Mapping[str, Any]) -> bool:
-    """Transactions with no usage, or only plain zeros, are dropped before the job sees them."""
-    return all(isinstance(v, str) and _ZERO_VALUE.fullmatch(v) for v in raw_usage.values())
+    """Every delta is the literal "0" (apisonator compares `delta.to_s == '0'`: "00" and " 0" are not)."""
+    return all(v == "0" for v in raw_usage.values())
 
 
 def _text_param(tx: Mapping[str, Any], name: str) -> str | None:

@@ -611,19 +611,34 @@ async def test_report_timestamps_land_in_their_period(client, emulator):
 
 
 async def test_reports_ignore_suspension_and_limits_and_drop_zero_usage(client, emulator):
+    """apisonator's Transactor.report drops a transaction whose every delta is the literal "0" before the job
+    runs (so its application is never looked up); "00" is not "0" (kept, counting 0)."""
     response = await report(
         client,
         {
             "0": {"app_id": "sleepy", "usage[hits]": "50"},
             "1": {"app_id": "gone", "usage[hits]": "0"},
-            "2": {"app_id": "gone"},
+            "2": {"app_id": "a2", "usage[hits]": "00"},
         },
         creds=v2(),
     )
     assert response.status == 202
     assert emulator.usage(V2, "sleepy", "hits", "minute") == 50
     assert emulator.report_errors(V2) == []
+    assert [r["app"] for r in emulator.reported] == ["sleepy", "a2"]
+    assert emulator.usage(V2, "a2", "hits", "minute") == 0
+
+
+async def test_a_report_transaction_without_usage_is_still_checked(client, emulator):
+    """ReportJob looks every transaction's application up (group_by_application_id), usage or not: one
+    that does not exist fails the whole batch, as any invalid transaction does; a valid one counts nothing."""
+    ok = await report(client, {"0": {"app_id": "a2"}, "1": {"app_id": "sleepy", "usage[hits]": "2"}}, creds=v2())
+    assert ok.status == 202 and emulator.report_errors(V2) == []
     assert [r["app"] for r in emulator.reported] == ["sleepy"]
+    bad = await report(client, {"0": {"app_id": "sleepy", "usage[hits]": "5"}, "1": {"app_id": "gone"}}, creds=v2())
+    assert bad.status == 202  # accepted, then the job fails it
+    assert [e["code"] for e in emulator.report_errors(V2)] == ["application_not_found"]
+    assert emulator.usage(V2, "sleepy", "hits", "minute") == 2  # the batch counted nothing
 
 
 async def test_report_with_flat_usage_and_parameters_in_the_query(client, emulator):
