@@ -273,9 +273,13 @@ def propagate(service: Service, usage: Mapping[str, Usage], flat: bool) -> dict[
 
 def _validate(ctx: AuthContext) -> Denial | None:
     """Run the validators in apisonator's order; the first failure decides."""
-    checks: list[Callable[[AuthContext], Denial | None]] = (
-        [_oauth_setting, _oauth_key, _redirect_uri] if ctx.oauth else [_key]
-    )
+    checks: list[Callable[[AuthContext], Denial | None]]
+    if ctx.oauth:
+        checks = [_oauth_setting, _oauth_key, _redirect_uri]
+    elif ctx.service.backend_version == "oauth":  # an OIDC service on authorize/authrep: OIDC_VALIDATORS
+        checks = [_oauth_key]
+    else:
+        checks = [_key]
     checks += [_app_state, _service_state, _limits]
     for check in checks:
         denial = check(ctx)
@@ -307,9 +311,10 @@ def _oauth_setting(ctx: AuthContext) -> Denial | None:
 
 
 def _oauth_key(ctx: AuthContext) -> Denial | None:
-    """OauthKey: the app_key is optional, but checked when sent."""
+    """OauthKey: the app_key is optional, but one that is sent must be one of the app's (an empty one never
+    is, and an app without keys has none to match)."""
     app_key = ctx.params.tree.get("app_key")
-    if app_key is None or not ctx.app.keys or app_key in ctx.app.keys:
+    if app_key is None or (app_key != "" and app_key in ctx.app.keys):
         return None
     return _key_denial(app_key)
 

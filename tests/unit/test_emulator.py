@@ -519,6 +519,27 @@ async def test_oauth_authorize_adds_the_application_section(client):
     assert status == 409 and "<reason>oauth is not enabled</reason>" in body
 
 
+async def test_an_oidc_service_checks_keys_with_oauthkey_on_authorize_and_authrep(client):
+    """apisonator's Transactor.validate: a `backend_version: oauth` service on authorize/authrep.xml runs
+    OIDC_VALIDATORS, whose OauthKey accepts a missing app_key and refuses an empty or unknown one."""
+    creds = {"service_token": "oauth-token", "service_id": OAUTH}
+    for endpoint in ("authorize", "authrep"):
+        assert (await call(client, endpoint, {**creds, "app_id": "client"}))[0] == 200, endpoint  # no app_key
+        assert (await call(client, endpoint, {**creds, "app_id": "client", "app_key": "secret"}))[0] == 200
+        status, body, _ = await call(client, endpoint, {**creds, "app_id": "client", "app_key": "wrong"})
+        assert status == 409 and '<reason>application key "wrong" is invalid</reason>' in body
+        status, body, _ = await call(client, endpoint, {**creds, "app_id": "client", "app_key": ""})
+        assert status == 409 and "<reason>application key is missing</reason>" in body
+
+
+async def test_oauthkey_refuses_a_key_the_application_does_not_have_even_with_no_keys(client, emulator):
+    emulator.add_application(OAUTH, {"app_id": "keyless", "plan": "p"})
+    creds = {"service_token": "oauth-token", "service_id": OAUTH, "app_id": "keyless"}
+    assert (await call(client, "oauth_authorize", creds))[0] == 200
+    status, body, _ = await call(client, "oauth_authorize", {**creds, "app_key": "anything"})
+    assert status == 409 and '<reason>application key "anything" is invalid</reason>' in body
+
+
 # ---- reports ----
 
 
