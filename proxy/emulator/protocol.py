@@ -193,16 +193,26 @@ def find_service(services: Mapping[str, Service], params: Params) -> Service:
 
 
 def _by_provider_key(services: Mapping[str, Service], key: str, service_id: str | None) -> Service:
-    """Deprecated provider-key credentials; without `service_id` the key's first service is its default."""
+    """Deprecated provider-key credentials, as apisonator's Service.load_with_provider_key!: without
+    `service_id` the key's first service is its default; with one, the service is looked up first, then
+    its key compared."""
     owned = [service for service in services.values() if service.provider_key == key]
-    if not owned:
-        raise ProtocolError(403, "provider_key_invalid", f'provider key "{key}" is invalid')
     if service_id is None:
+        if not owned:
+            raise ProtocolError(
+                403,
+                "provider_key_invalid_or_service_missing",
+                f'provider key "{key}" invalid and/or service ID missing',
+            )
         return owned[0]
-    for service in owned:
-        if service.id == service_id:
-            return service
-    raise ProtocolError(403, "service_id_invalid", f'service id "{service_id}" is invalid')
+    service = services.get(service_id)
+    if service is None:
+        raise ProtocolError(403, "service_id_invalid", f'service id "{service_id}" is invalid')
+    if service.provider_key != key:
+        if not owned:
+            raise ProtocolError(403, "provider_key_invalid", f'provider key "{key}" is invalid')
+        raise ProtocolError(403, "service_id_invalid", f'service id "{service_id}" is invalid')
+    return service
 
 
 def find_app(service: Service, app_id: str | None, user_key: str | None, oauth: bool = False) -> App:

@@ -363,6 +363,18 @@ async def test_authrep_with_zero_usage_reports_nothing(client, emulator):
             "provider_key_invalid",
             'provider key "pk" is invalid',
         ),
+        (  # apisonator's Service.load_with_provider_key!: no service id and no default service for the key
+            "provider_key=pk&user_key=demo-key",
+            403,
+            "provider_key_invalid_or_service_missing",
+            'provider key "pk" invalid and/or service ID missing',
+        ),
+        (  # the service is looked up before the key is checked
+            "provider_key=pk&service_id=no-such-service&user_key=demo-key",
+            403,
+            "service_id_invalid",
+            'service id "no-such-service" is invalid',
+        ),
         (
             "service_token=svc-token&service_id=2555417777820&user_key=nope&user_id=u",
             400,
