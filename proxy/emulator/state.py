@@ -157,8 +157,11 @@ def _service(raw: Any, where: str) -> Service:
 
 
 def _metrics(raw: Any, where: str) -> dict[str, str | None]:
-    """`{name: {parent: other}}` → `{name: parent}`; `hits` always exists, as in every 3scale service."""
-    metrics: dict[str, str | None] = {"hits": None}
+    """`{name: {parent: other}}` → `{name: parent}`: exactly those, as apisonator knows no implicit metric;
+    a service that lists none has `hits` (porta creates it with every service)."""
+    if raw is None:
+        return {"hits": None}
+    metrics: dict[str, str | None] = {}
     for name, spec in _map(raw, where).items():
         metrics[str(name)] = _opt_str(_map(spec, f"{where}.{name}").get("parent"))
     for name, parent in metrics.items():

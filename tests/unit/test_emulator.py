@@ -449,6 +449,34 @@ async def test_usage_that_is_not_a_hash_is_a_bare_403_before_the_app_lookup(clie
     assert (status, body) == (403, "")
 
 
+async def test_a_service_has_only_the_metrics_it_defines():
+    """apisonator has no implicit `hits`: a service whose metrics are listed without it refuses usage of it
+    (porta creates `hits` with every service, so a config that lists no metrics at all still has it)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    config = {
+        "services": [
+            {
+                "id": "s1",
+                "token": "t1",
+                "metrics": {"search": {}},
+                "plans": {"p": {}},
+                "applications": [{"user_key": "k1", "plan": "p"}],
+            },
+            {"id": "s2", "token": "t2", "plans": {"p": {}}, "applications": [{"user_key": "k2", "plan": "p"}]},
+        ]
+    }
+    async with TestClient(TestServer(Emulator(config).make_app())) as client:
+        status, body, _ = await call(
+            client, "authorize", {"service_token": "t1", "service_id": "s1", "user_key": "k1", "usage[hits]": "1"}
+        )
+        assert (status, body) == (404, error_xml("metric_invalid", 'metric "hits" is invalid'))
+        ok = {"service_token": "t1", "service_id": "s1", "user_key": "k1", "usage[search]": "1"}
+        assert (await call(client, "authorize", ok))[0] == 200
+        default = {"service_token": "t2", "service_id": "s2", "user_key": "k2", "usage[hits]": "1"}
+        assert (await call(client, "authorize", default))[0] == 200
+
+
 async def test_metric_errors_surface_only_when_limits_run(client):
     status, _, headers = await call(
         client, "authorize", v2(app_id="a1", app_key="x", **{"usage[nope]": "1"}), options="rejection_reason_header=1"
