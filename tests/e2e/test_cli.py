@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.support import KEY, SERVICE_ID, TOKEN, free_port, wait_ready
+from tests.support import KEY, SERVICE_ID, TOKEN, eventually, free_port, wait_ready
 
 PYTHON = sys.executable
 MB = 1024 * 1024
@@ -82,7 +82,7 @@ def test_demo_answers_its_own_curl_line(demo):
     assert '"reason": "user_key_invalid"' in denied.stdout
 
 
-def test_demo_applies_a_rule_added_in_the_portal_without_a_restart(demo):
+async def test_demo_applies_a_rule_added_in_the_portal_without_a_restart(demo):
     """The demo's own lines: /orders has no rule (404); the portal gets one; within the refresh it is 200."""
     _proc, lines = demo
     curls = [shlex.split(line.strip()) for line in lines if line.strip().startswith("curl ")]
@@ -90,16 +90,20 @@ def test_demo_applies_a_rule_added_in_the_portal_without_a_restart(demo):
     assert "/orders" in orders[-1] and "proxy_rules" in add_rule[3]
     if shutil.which("curl") is None:
         pytest.fail("curl is not installed: the demo prints curl lines, so the test runs them")
-    before = subprocess.run(orders, capture_output=True, text=True, timeout=10)
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10)
+
+    before = await asyncio.to_thread(run, orders)
     assert before.stdout.startswith("HTTP/1.1 404") and '"error": "no_match"' in before.stdout
-    assert subprocess.run(add_rule, capture_output=True, text=True, timeout=10).returncode == 0
-    deadline = time.monotonic() + 15  # the demo reloads every 5 s
-    while not (after := subprocess.run(orders, capture_output=True, text=True, timeout=10)).stdout.startswith(
-        "HTTP/1.1 200"
-    ):
-        assert time.monotonic() < deadline, after.stdout
-        time.sleep(0.2)  # polling the demo's answer: the event is the reload taking effect
-    assert '"path": "/orders"' in after.stdout or '"path":"/orders"' in after.stdout
+    assert (await asyncio.to_thread(run, add_rule)).returncode == 0
+
+    async def served() -> str | None:
+        out = (await asyncio.to_thread(run, orders)).stdout
+        return out if out.startswith("HTTP/1.1 200") else None
+
+    after = await eventually(served, timeout=15, what="the new rule applied (the demo reloads every 5 s)")
+    assert '"path": "/orders"' in after or '"path":"/orders"' in after
 
 
 def test_demo_stops_cleanly_on_sigterm(demo):
@@ -245,19 +249,19 @@ async def test_sighup_reloads_the_services_and_rules_and_a_broken_file_changes_n
     config["services"][0]["mapping_rules"] = [{"method": "GET", "pattern": "/v1", "metric": "hits"}]
     path.write_text(yaml.safe_dump(config))
     proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while await status("/x") != 404:  # no rule for /x any more: the reload has happened
-        assert time.monotonic() < deadline, "SIGHUP did not reload the rules"
-        await asyncio.sleep(0.05)  # polling the proxy's answers: the event is the reload taking effect
+
+    async def reloaded() -> bool:  # no rule for /x any more
+        return await status("/x") == 404
+
+    await eventually(reloaded, what="SIGHUP reloading the rules")
     assert await status("/v1/a") == 200
     path.write_text("services: [oops\n")
     proc.send_signal(signal.SIGHUP)
-    line = 'threescale_proxy_config_reloads_total{result="invalid"} 1.0'
-    while True:  # the broken file was read (and refused): the counter says so
+
+    async def refused() -> bool:  # the broken file was read, and refused: the counter says so
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
-                if line in await resp.text():
-                    break
-        assert time.monotonic() < deadline + 10, "the broken file's reload was not counted"
-        await asyncio.sleep(0.05)
+                return 'threescale_proxy_config_reloads_total{result="invalid"} 1.0' in await resp.text()
+
+    await eventually(refused, what="the broken file's reload counted")
     assert await status("/v1/a") == 200 and await status("/x") == 404 and proc.poll() is None
