@@ -369,7 +369,7 @@ def _merge(base: Any, override: Any) -> Any:
 
 
 def merge_services(
-    settings: Settings, base: list[Any], source: str, problems: list[tuple[str, str]]
+    settings: Settings, base: list[Any], problems: list[tuple[str, str]]
 ) -> list[ServiceSettings] | None:
     """The services of a configuration from 3scale (`base`: entries from portal.apicast) with the YAML's
     entries merged in, validated as the YAML is; None, with `problems`, when they do not validate."""

@@ -23,24 +23,21 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]*")
 
 def extract(settings: CredentialSettings, headers: Mapping[str, str], query_string: str) -> AppCredentials | None:
     """The credentials, or None when the identifying one (user_key or app_id) is absent."""
-    if settings.location == "authorization":
+    location = settings.location
+    if location == "authorization":
         return _from_authorization(settings, headers.get("Authorization"))
-    if settings.location == "header":
-
-        def read(name: str | None) -> str | None:
-            return headers.get(name) if name else None
-    else:
-
-        def read(name: str | None) -> str | None:
-            return nginx_arg(query_string, name) if name else None
-
+    in_header = location == "header"
     if settings.scheme == "user_key":
-        user_key = read(settings.user_key)
+        name = settings.user_key or ""
+        user_key = headers.get(name) if in_header else nginx_arg(query_string, name)
         return AppCredentials(user_key=user_key) if user_key is not None else None
-    app_id = read(settings.app_id)
+    name = settings.app_id or ""
+    app_id = headers.get(name) if in_header else nginx_arg(query_string, name)
     if app_id is None:
         return None
-    return AppCredentials(app_id=app_id, app_key=read(settings.app_key))
+    key_name = settings.app_key
+    app_key = None if not key_name else headers.get(key_name) if in_header else nginx_arg(query_string, key_name)
+    return AppCredentials(app_id=app_id, app_key=app_key)
 
 
 def nginx_arg(query_string: str, name: str) -> str | None:

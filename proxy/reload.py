@@ -41,7 +41,7 @@ async def check_portal(settings: Settings) -> tuple[int, list[tuple[str, str]]]:
     finally:
         await client.close()
     entries, problems = entries_from_contents(contents, "proxy_configs")
-    services = merge_services(settings, entries, "portal", problems)
+    services = merge_services(settings, entries, problems)
     return len(services or ()), problems
 
 
@@ -126,7 +126,7 @@ class ConfigReloader:
         for key, message in problems:  # a service it cannot serve is left out; the others load
             log.error("a service from 3scale cannot be served", extra={"fields": {"key": key, "problem": message}})
         merged_problems: list[tuple[str, str]] = []
-        services = merge_services(self._settings, entries, source, merged_problems)
+        services = merge_services(self._settings, entries, merged_problems)
         if services is None:
             self._metrics.config_reloads.labels("invalid").inc()
             for key, message in merged_problems:
