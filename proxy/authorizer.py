@@ -157,7 +157,7 @@ class Authorizer:
         return AuthResult(decision, "backend")
 
     async def _ask_backend(self, service: ServiceSettings, credentials: AppCredentials) -> AuthStatus:
-        call = self._client.authorize(service.id, service.token, credentials)
+        call = self._client.at(service.backend_url).authorize(service.id, service.token, credentials)
         try:
             status = await observe_backend(self._metrics, "authorize", call, lambda s: s.http_status)
         except BackendUnavailable:

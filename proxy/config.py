@@ -186,6 +186,8 @@ class ServiceSettings:
     id: str
     token: str = field(repr=False)
     upstream: str
+    backend_url: str | None = None
+    """This service's 3scale backend when it is not threescale.backend_url (APIcast's proxy.backend.endpoint)."""
     upstream_timeout: float = 28.0
     match: MatchSettings | None = None
     credentials: CredentialSettings = field(default_factory=lambda: CredentialSettings(user_key="x-api-key"))
@@ -242,6 +244,9 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     log: LogSettings = field(default_factory=LogSettings)
+    backend_url_explicit: bool = field(default=False, repr=False, compare=False, metadata={"internal": True})
+    """threescale.backend_url was given (YAML, PROXY_THREESCALE__BACKEND_URL or BACKEND_ENDPOINT_OVERRIDE): it
+    then wins over the backend endpoint 3scale's configuration names for each service, as in APIcast."""
     service_entries: tuple[Any, ...] = field(default=(), repr=False, compare=False, metadata={"internal": True})
     """The YAML's `services:` entries as written (interpolated, overrides applied): merged into every
     configuration that comes from 3scale (see merge_services). Not a key of the YAML."""
@@ -298,14 +303,15 @@ def settings_from_dict(raw: Any, *, source: str = "<config>", env: Mapping[str, 
     _apply_apicast_variables(raw, env)
     entries = raw.get("services") if isinstance(raw.get("services"), list) else []
     threescale = raw.get("threescale") if isinstance(raw.get("threescale"), dict) else {}
+    explicit = threescale.get("backend_url") is not None
     if threescale.get("config_file"):
         source = f"{source} + {threescale['config_file']}"
-        raw["services"] = _services_from_file(str(threescale["config_file"]), entries, problems)
+        raw["services"] = _services_from_file(str(threescale["config_file"]), entries, explicit, problems)
     elif threescale.get("portal_endpoint"):
         raw["services"] = [e for e in entries if _complete(e)]  # the rest wait for the portal's services
     settings = _build(Settings, raw, "", problems)
     if settings is not None:
-        settings = dataclasses.replace(settings, service_entries=tuple(entries))
+        settings = dataclasses.replace(settings, service_entries=tuple(entries), backend_url_explicit=explicit)
         _check_semantics(settings, problems)
     if problems or not isinstance(settings, Settings):
         problems = [(key, _set_by(key, message, overridden)) for key, message in problems]
@@ -318,6 +324,7 @@ _APICAST_VARIABLES = {  # APIcast's environment variables, read as it reads them
     "THREESCALE_DEPLOYMENT_ENV": "environment",
     "APICAST_CONFIGURATION_CACHE": "config_refresh",
     "THREESCALE_CONFIG_FILE": "config_file",
+    "BACKEND_ENDPOINT_OVERRIDE": "backend_url",
 }
 
 
@@ -336,7 +343,7 @@ def _complete(entry: Any) -> bool:
     return isinstance(entry, dict) and all(entry.get(k) for k in ("id", "token", "upstream"))
 
 
-def _services_from_file(path: str, entries: list[Any], problems: list[tuple[str, str]]) -> list[Any]:
+def _services_from_file(path: str, entries: list[Any], explicit: bool, problems: list[tuple[str, str]]) -> list[Any]:
     """APIcast's JSON configuration file, converted and merged with the YAML's entries."""
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -348,7 +355,14 @@ def _services_from_file(path: str, entries: list[Any], problems: list[tuple[str,
         return entries
     converted, file_problems = entries_from_document(document)
     problems.extend((f"threescale.config_file: {key}", message) for key, message in file_problems)
-    return merge_entries(converted, entries)
+    return merge_entries(_backends(converted, explicit), entries)
+
+
+def _backends(entries: list[Any], explicit: bool) -> list[Any]:
+    """With threescale.backend_url given, 3scale's per-service backend endpoints give way to it."""
+    if not explicit:
+        return entries
+    return [{k: v for k, v in e.items() if k != "backend_url"} if isinstance(e, dict) else e for e in entries]
 
 
 def merge_entries(base: list[Any], overrides: list[Any]) -> list[Any]:
@@ -373,7 +387,7 @@ def merge_services(
 ) -> list[ServiceSettings] | None:
     """The services of a configuration from 3scale (`base`: entries from portal.apicast) with the YAML's
     entries merged in, validated as the YAML is; None, with `problems`, when they do not validate."""
-    merged = merge_entries(base, list(settings.service_entries))
+    merged = merge_entries(_backends(base, settings.backend_url_explicit), list(settings.service_entries))
     before = len(problems)
     services = _build(list[ServiceSettings], merged, "services", problems)
     if services is not None and len(problems) == before:
@@ -761,6 +775,8 @@ def _check_service(svc: ServiceSettings, path: str, count: int, problems: list[t
         problems.append((f"{path}.token", "must not be empty"))
     if not _is_http_url(svc.upstream):
         problems.append((f"{path}.upstream", "must be an http:// or https:// URL"))
+    if svc.backend_url is not None and not _is_http_url(svc.backend_url):
+        problems.append((f"{path}.backend_url", "must be an http:// or https:// URL"))
     if svc.upstream_timeout <= 0:
         problems.append((f"{path}.upstream_timeout", "must be greater than 0"))
     if count > 1 and svc.match is None:

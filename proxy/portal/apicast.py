@@ -72,6 +72,9 @@ def service_entry(content: Any) -> dict[str, Any]:
     }
     if proxy.get("api_backend"):
         entry["upstream"] = proxy["api_backend"]
+    backend = proxy.get("backend")
+    if isinstance(backend, Mapping) and backend.get("endpoint"):
+        entry["backend_url"] = backend["endpoint"]
     hosts = proxy.get("hosts")
     if isinstance(hosts, list) and hosts:
         entry["match"] = {"hosts": [str(h) for h in hosts]}

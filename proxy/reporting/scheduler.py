@@ -175,7 +175,7 @@ class Reporter:
         return tx
 
     async def _post(self, service: ServiceSettings, transactions: list[Transaction]) -> None:
-        call = self._client.report(service.id, service.token, transactions)
+        call = self._client.at(service.backend_url).report(service.id, service.token, transactions)
         try:
             await observe_backend(self._metrics, "report", call, lambda _: 202)
         except BackendUnavailable as exc:

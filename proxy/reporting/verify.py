@@ -71,7 +71,9 @@ class Verifier:
         bad: Rejections = {}
         remaining = list(metrics)
         while True:
-            call = self._client.authorize(service.id, service.token, creds, {m: 0 for m in remaining})
+            call = self._client.at(service.backend_url).authorize(
+                service.id, service.token, creds, {m: 0 for m in remaining}
+            )
             try:
                 status: AuthStatus = await observe_backend(self._metrics, "authorize", call, lambda s: s.http_status)
             except BackendUnavailable as exc:

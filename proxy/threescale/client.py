@@ -69,6 +69,23 @@ class ThreescaleClient:
         self._session = session
         self._owns_session = session is None
         self._closed = False
+        self._siblings: dict[str, ThreescaleClient] = {}
+
+    def at(self, backend_url: str | None) -> ThreescaleClient:
+        """The client for a service whose 3scale backend is elsewhere (APIcast's per-service
+        `proxy.backend.endpoint`): this one for None or the same URL, else one more with the same timeout
+        and pool size, made on first use and closed with this one."""
+        if backend_url is None:
+            return self
+        key = backend_url.rstrip("/")
+        if key == self._base:
+            return self
+        sibling = self._siblings.get(key)
+        if sibling is None:
+            sibling = self._siblings[key] = ThreescaleClient(
+                key, timeout=self._timeout.total or 5.0, pool_size=self._pool_size
+            )
+        return sibling
 
     async def __aenter__(self) -> Self:
         return self
@@ -84,6 +101,9 @@ class ThreescaleClient:
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()
+        siblings, self._siblings = list(self._siblings.values()), {}
+        for sibling in siblings:
+            await sibling.close()
 
     async def authorize(
         self,

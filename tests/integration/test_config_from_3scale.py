@@ -268,3 +268,27 @@ async def test_refreshes_under_load_fail_no_request(portal_emulator, upstream, m
     # each at the delta of the configuration that routed it: 0 before the first change, then 2, 3 or 4, and
     # more than 20 requests were served after each change
     assert 2 * 20 * 3 < totals["orders"] <= 4 * len(statuses)
+
+
+async def test_each_service_is_authorized_at_the_backend_its_proxy_config_names(upstream, make_proxy, http):
+    """APIcast's proxy.backend.endpoint: with threescale.backend_url left out, a service's 3scale calls go
+    to the backend its configuration names."""
+    config = portal_config(upstream.url)
+    backend = Emulator(config)  # holds the applications: the service's own backend
+    portal = Emulator(config)
+    await backend.start()
+    await portal.start()
+    try:
+        proxy_obj = portal.portal.proxy(SERVICE_ID)
+        proxy_obj["backend"] = {"endpoint": backend.url, "host": "backend"}
+        portal.portal.set_proxy(SERVICE_ID, proxy_obj)
+        raw = proxy_raw(portal, upstream.url)
+        del raw["threescale"]["backend_url"]
+        proxy = await make_proxy(settings_from_dict(raw, env={}))
+        assert (await get(http, proxy, "/x"))[0] == 200
+        assert len(backend.calls_to("authorize")) == 1 and portal.calls_to("authorize") == []
+        await proxy.report_now()
+        assert reported_totals(backend, KEY) == {"hits": 1} and reported_totals(portal, KEY) == {}
+    finally:
+        await backend.stop()
+        await portal.stop()

@@ -151,3 +151,15 @@ def test_a_bad_file_is_a_config_error_naming_the_file_and_key(tmp_path):
         settings_from_dict(raw, source="proxy.yaml", env={})
     assert f"proxy.yaml + {path}: threescale.config_file: is not JSON" in str(err.value)
     assert "svc-token-from-portal" not in str(err.value)
+
+
+def test_the_portals_backend_endpoint_is_the_services_unless_backend_url_is_given(tmp_path):
+    raw, _ = yaml_with_file(tmp_path, {"services": [content(backend={"endpoint": "http://backend-listener:3000"})]})
+    (service,) = settings_from_dict(raw, source="proxy.yaml", env={}).services
+    assert service.backend_url == "http://backend-listener:3000"
+    raw["threescale"]["backend_url"] = "http://127.0.0.1:3001"
+    (service,) = settings_from_dict(raw, source="proxy.yaml", env={}).services
+    assert service.backend_url is None  # threescale.backend_url serves it, as BACKEND_ENDPOINT_OVERRIDE does
+    del raw["threescale"]["backend_url"]
+    settings = settings_from_dict(raw, source="proxy.yaml", env={"BACKEND_ENDPOINT_OVERRIDE": "http://10.0.0.1:3000"})
+    assert settings.threescale.backend_url == "http://10.0.0.1:3000" and settings.services[0].backend_url is None
