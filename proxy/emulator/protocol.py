@@ -431,13 +431,14 @@ def _usage_report_xml(ctx: AuthContext, limit: Limit) -> str:
 
 
 def _with_descendants(ctx: AuthContext, metric: str, start: int, usage: Mapping[str, Usage]) -> int:
-    """Apply a metric's own usage and its descendants' (the latter unless `flat_usage`) to `start`."""
+    """Apply a metric's own usage and its descendants' to `start`: what an answer shows (current_value, the
+    calls left). apisonator adds the descendants here even with `flat_usage`, which only keeps them off the
+    stored counters."""
     own = usage.get(metric)
     value = own.apply_to(start) if own is not None else start
-    if "flat_usage" not in ctx.ext:
-        for child in ctx.service.descendants(metric):
-            if child in usage:
-                value = usage[child].apply_to(value)
+    for child in ctx.service.descendants(metric):
+        if child in usage:
+            value = usage[child].apply_to(value)
     return value
 
 

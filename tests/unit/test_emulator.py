@@ -217,9 +217,17 @@ async def test_authrep_without_usage_reports_nothing(client, emulator):
 
 
 async def test_flat_usage_does_not_add_children_to_parents(client, emulator):
-    await call(client, "authrep", v1(user_key="basic-key", **{"usage[search]": "2"}), options="flat_usage=1")
+    """flat_usage keeps a child's usage off its parents' counters, but the answer's current_value of a parent
+    still adds its children's usage (apisonator's UsageReport#compute_current_value ignores flat_usage)."""
+    status, body, _ = await call(
+        client, "authrep", v1(user_key="basic-key", **{"usage[search]": "2"}), options="flat_usage=1"
+    )
     assert emulator.usage(SID, "basic-key", "search") == 2
     assert emulator.usage(SID, "basic-key", "hits") == 0
+    assert status == 200
+    assert '<usage_report metric="hits" period="minute">' in body
+    hits_minute = body.split('<usage_report metric="hits" period="minute">')[1].split("</usage_report>")[0]
+    assert "<current_value>2</current_value>" in hits_minute
 
 
 async def test_set_usage_replaces_the_counter(client, emulator):
