@@ -750,8 +750,15 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("shutdown.drain_delay", "must not be negative"))
     if s.shutdown.timeout <= s.shutdown.drain_delay:
         problems.append(("shutdown.timeout", "must be greater than shutdown.drain_delay"))
-    if s.threescale.portal_endpoint is not None and not _is_http_url(s.threescale.portal_endpoint):
-        problems.append(("threescale.portal_endpoint", "must be an http:// or https:// URL (with the access token)"))
+    if s.threescale.portal_endpoint is not None:
+        if not _is_http_url(s.threescale.portal_endpoint):
+            problems.append(
+                ("threescale.portal_endpoint", "must be an http:// or https:// URL (with the access token)")
+            )
+        elif urlsplit(s.threescale.portal_endpoint).path not in ("", "/"):
+            problems.append(
+                ("threescale.portal_endpoint", "must have no path (APIcast's custom config path is not supported)")
+            )
     if s.threescale.config_refresh <= 0:
         problems.append(("threescale.config_refresh", "must be greater than 0"))
     if not s.services and not s.threescale.portal_endpoint:

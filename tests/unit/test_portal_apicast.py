@@ -163,3 +163,13 @@ def test_the_portals_backend_endpoint_is_the_services_unless_backend_url_is_give
     del raw["threescale"]["backend_url"]
     settings = settings_from_dict(raw, source="proxy.yaml", env={"BACKEND_ENDPOINT_OVERRIDE": "http://10.0.0.1:3000"})
     assert settings.threescale.backend_url == "http://10.0.0.1:3000" and settings.services[0].backend_url is None
+
+
+def test_a_portal_endpoint_is_checked_without_showing_its_token():
+    for endpoint, message in [
+        ("ftp://tok-123@x", "must be an http:// or https:// URL"),
+        ("https://tok-123@x.example.com/master/api", "must have no path"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            settings_from_dict({"threescale": {"portal_endpoint": endpoint}}, source="p.yaml", env={})
+        assert f"p.yaml: threescale.portal_endpoint: {message}" in str(err.value) and "tok-123" not in str(err.value)
