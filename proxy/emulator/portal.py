@@ -24,7 +24,7 @@ from aiohttp import web
 
 MAX_PER_PAGE = 500
 ENVIRONMENTS = ("production", "staging")
-PORTAL_FAULTS = ("error", "garbage")
+PORTAL_FAULTS = ("error", "garbage", "shapeless")
 
 PORTA_DEFAULTS: dict[str, Any] = {
     "credentials_location": "query",
@@ -56,7 +56,8 @@ class Portal:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.access_token = ""
         self.fault: str | None = None
-        """None, "error" (every portal call answers 503) or "garbage" (200 with a body that is not JSON)."""
+        """None, "error" (every portal call answers 503), "garbage" (200 with a body that is not JSON) or
+        "shapeless" (200 with JSON that is not a list of proxy configs)."""
         self._services: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, int] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -126,6 +127,8 @@ class Portal:
             return web.json_response({"error": "Access denied"}, status=403)
         if self.fault == "garbage":
             return web.Response(status=200, text="<html>maintenance</html>", content_type="application/json")
+        if self.fault == "shapeless":
+            return _json({"proxy_configs": [{"proxy_config": {"content": "nothing here"}}], "services": 7})
         return None
 
     def _page(self, request: web.Request, items: list[Any]) -> list[Any]:

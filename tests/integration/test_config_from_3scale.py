@@ -135,7 +135,7 @@ async def test_a_portal_that_is_down_or_answers_garbage_keeps_the_last_good_conf
     portal_emulator, upstream, make_proxy, http
 ):
     proxy = await make_proxy(settings_from_dict(proxy_raw(portal_emulator, upstream.url), env={}))
-    for fault in ("error", "garbage"):
+    for fault in ("error", "garbage", "shapeless"):
         portal_emulator.portal.fault = fault
         assert not await proxy.reload_config()
         assert (await get(http, proxy, "/x"))[0] == 200
@@ -146,7 +146,7 @@ async def test_a_portal_that_is_down_or_answers_garbage_keeps_the_last_good_conf
     assert not await proxy.reload_config()  # does not validate: not applied
     assert (await get(http, proxy, "/x"))[0] == 200
     text = proxy.metrics.render().decode()
-    assert metric_value(text, "threescale_proxy_config_reloads_total", result="failed") == 2
+    assert metric_value(text, "threescale_proxy_config_reloads_total", result="failed") == 3
     assert metric_value(text, "threescale_proxy_config_reloads_total", result="invalid") == 1
     assert metric_value(text, "threescale_proxy_config_reloads_total", result="ok") == 1
 
@@ -292,3 +292,17 @@ async def test_each_service_is_authorized_at_the_backend_its_proxy_config_names(
     finally:
         await backend.stop()
         await portal.stop()
+
+
+async def test_redis_down_does_not_keep_the_portals_configuration_from_applying(
+    portal_emulator, upstream, make_proxy, http
+):
+    from tests.support import free_port
+
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    proxy = await make_proxy(settings_from_dict(proxy_raw(portal_emulator, upstream.url, dead_redis), env={}))
+    assert (await get(http, proxy, "/x"))[0] == 200  # served from the portal's config; its copy waits for Redis
+    assert await proxy.reload_config()
+    async with http.get(f"http://127.0.0.1:{proxy.metrics_port}/readyz") as resp:
+        body = await resp.json()
+        assert body["config"] == "portal" and body["redis"] == "down"
