@@ -106,6 +106,7 @@ class ProxyServer:
         await self._probe_step()
         if self.reloader is not None:
             await self.reloader.start()  # the portal, else Redis's last good copy; never raises
+            self._show_config_age()
         if self.health.redis == "down":
             log.warning("redis is not reachable at start; serving with the in-process cache until it is back")
 
@@ -136,14 +137,22 @@ class ProxyServer:
         self.reporter.set_services(services)
 
     async def _config_step(self) -> None:
-        if self.reloader is not None:
-            await self.reloader.refresh()
-            age = self.reloader.age()
-            self.metrics.config_age.set(age if age is not None else 0)
+        await self.reload_config()
 
     async def reload_config(self) -> bool:
-        """One reload from the portal now (SIGHUP, tests); True when its configuration is in use."""
-        return await self.reloader.refresh() if self.reloader is not None else False
+        """One reload from the portal now (the refresh loop, tests); True when its configuration is in use."""
+        if self.reloader is None:
+            return False
+        try:
+            return await self.reloader.refresh()
+        finally:
+            self._show_config_age()
+
+    def _show_config_age(self) -> None:
+        """The age of the configuration in use, in its gauge: after every load and every health probe."""
+        if self.reloader is not None:
+            age = self.reloader.age()
+            self.metrics.config_age.set(age if age is not None else 0)
 
     def reload_file(self, path: str | None) -> bool:
         """SIGHUP: read the YAML (and APIcast's file) again and serve its services and rules; what else
@@ -201,6 +210,7 @@ class ProxyServer:
 
     async def _probe_step(self) -> None:
         await self.health.probe_once(self._redis_ping, self.client.status)
+        self._show_config_age()
 
     async def report_now(self) -> None:
         """Flush and report everything pending (tests, and the last step of a shutdown)."""

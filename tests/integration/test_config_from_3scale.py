@@ -306,3 +306,27 @@ async def test_redis_down_does_not_keep_the_portals_configuration_from_applying(
     async with http.get(f"http://127.0.0.1:{proxy.metrics_port}/readyz") as resp:
         body = await resp.json()
         assert body["config"] == "portal" and body["redis"] == "down"
+
+
+async def test_the_age_of_the_configuration_in_use_grows_while_the_portal_is_down(
+    portal_emulator, upstream, make_proxy, http
+):
+    from tests.support import ManualClock
+
+    clock = ManualClock()
+    proxy = await make_proxy(settings_from_dict(proxy_raw(portal_emulator, upstream.url), env={}), clock=clock)
+
+    def age_metric() -> float | None:
+        return metric_value(proxy.metrics.render().decode(), "threescale_proxy_config_age_seconds")
+
+    assert age_metric() == 0
+    portal_emulator.portal.fault = "error"
+    clock.advance(120)
+    assert not await proxy.reload_config()
+    assert age_metric() == 120
+    async with http.get(f"http://127.0.0.1:{proxy.metrics_port}/readyz") as resp:
+        body = await resp.json()
+        assert resp.status == 200 and body["config"] == "portal" and body["config_age_seconds"] == 120
+    portal_emulator.portal.fault = None
+    assert await proxy.reload_config()
+    assert age_metric() == 0
