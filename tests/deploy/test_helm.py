@@ -200,6 +200,7 @@ def test_every_feature_has_a_ci_values_file() -> None:
         "hpa-values",
         "networkpolicy-values",
         "memory-values",
+        "portal-values",
     } <= names
 
 
@@ -507,6 +508,24 @@ def test_redis_url_and_secret(helm: str) -> None:
     assert config["redis_url"] == "redis://master.ci-cache.abc123.euw1.cache.amazonaws.com:6380/0"
     assert [s["token"] for s in config["services"]] == ["${ORDERS_TOKEN}", "${BILLING_TOKEN}"]
     assert set(one(docs, "Secret")["data"]) == {"ORDERS_TOKEN", "BILLING_TOKEN"}
+
+
+def test_services_from_the_portal_need_no_service_token(helm: str) -> None:
+    """threescale.portalEndpoint: stored in the Secret, referenced by the config; no token is injected (the
+    portal's own is each service's), and config.services may be empty."""
+    docs = render(helm, values=(CHART / "ci" / "portal-values.yaml",))
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["proxy.yaml"])
+    assert config["threescale"]["portal_endpoint"] == "${THREESCALE_PORTAL_ENDPOINT}"
+    assert config["services"] == [{"id": "2555417777820", "upstream": "http://orders.shop.svc.cluster.local:3000"}]
+    data = one(docs, "Secret")["data"]
+    assert base64.b64decode(data["THREESCALE_PORTAL_ENDPOINT"]) == b"https://ci-access-token@ci-admin.3scale.net"
+    assert "THREESCALE_SERVICE_TOKEN" not in data and "ci-access-token" not in str(config)
+    empty = render(helm, "--set", "config.services=null", values=(CHART / "ci" / "portal-values.yaml",))
+    assert yaml.safe_load(one(empty, "ConfigMap")["data"]["proxy.yaml"])["services"] == []
+    err = render_fails(
+        helm, "--set", "threescale.serviceToken=", "--set", "config.services=null", values=(DEFAULT_VALUES,)
+    )
+    assert "services" in err  # without a portal at least one service is still required
 
 
 @pytest.mark.parametrize(

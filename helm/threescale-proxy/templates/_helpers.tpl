@@ -110,15 +110,21 @@ CPU of the node, each worker with its own memory, so the chart pins one */}}
 {{- if and (not $upstream) (eq .Values.mode "sidecar") }}
 {{- $upstream = printf "http://127.0.0.1:%d" (int .Values.sidecar.appPort) }}
 {{- end }}
+{{- $portal := include "threescale-proxy.fromPortal" . }}
+{{- if .Values.threescale.portalEndpoint }}
+{{- $ts := $cfg.threescale | default dict }}
+{{- $_ = set $ts "portal_endpoint" "${THREESCALE_PORTAL_ENDPOINT}" }}
+{{- $_ = set $cfg "threescale" $ts }}
+{{- end }}
 {{- $services := list }}
-{{- range $i, $svc := $cfg.services }}
+{{- range $i, $svc := ($cfg.services | default list) }}
 {{- if not (hasKey $svc "upstream") }}
 {{- if not $upstream }}
 {{- fail (printf "config.services[%d].upstream: set upstream.url (standalone mode) or the service's own upstream" $i) }}
 {{- end }}
 {{- $_ = set $svc "upstream" $upstream }}
 {{- end }}
-{{- if not (hasKey $svc "token") }}
+{{- if and (not (hasKey $svc "token")) (not $portal) }}
 {{- $_ = set $svc "token" "${THREESCALE_SERVICE_TOKEN}" }}
 {{- end }}
 {{- $services = append $services $svc }}
@@ -141,7 +147,7 @@ Checks across keys that values.schema.json cannot express; each message names th
 {{- end }}
 {{- if not $v.existingSecret }}
 {{- $needsToken := false }}
-{{- range $v.config.services }}
+{{- range (ternary list ($v.config.services | default list) (not (empty (include "threescale-proxy.fromPortal" .)))) }}
 {{- if not (hasKey . "token") }}{{ $needsToken = true }}{{ end }}
 {{- end }}
 {{- if and $needsToken (not $v.threescale.serviceToken) }}
@@ -172,11 +178,19 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
+{{/* "true" when services come from the 3scale portal (threescale.portalEndpoint or config.threescale.portal_endpoint). */}}
+{{- define "threescale-proxy.fromPortal" -}}
+{{- if or .Values.threescale.portalEndpoint (dig "threescale" "portal_endpoint" "" .Values.config) }}true{{ end }}
+{{- end }}
+
 {{/* The chart's Secret data (base64), shared by secret.yaml and the checksum annotation. */}}
 {{- define "threescale-proxy.secretData" -}}
 {{- $data := dict }}
 {{- with .Values.threescale.serviceToken }}
 {{- $_ := set $data "THREESCALE_SERVICE_TOKEN" . }}
+{{- end }}
+{{- with .Values.threescale.portalEndpoint }}
+{{- $_ := set $data "THREESCALE_PORTAL_ENDPOINT" . }}
 {{- end }}
 {{- if and (include "threescale-proxy.redisAuth" .) (not .Values.externalRedis.auth.existingSecret) }}
 {{- $_ := set $data "REDIS_AUTH_TOKEN" .Values.externalRedis.auth.password }}
