@@ -307,11 +307,21 @@ def test_ecs_proxy_runs_read_only_with_init_and_a_tmp_volume(templates: dict[str
 def test_ecs_secrets_come_from_secrets_manager_or_ssm_never_inline(templates: dict[str, dict[str, Any]]) -> None:
     ecs = templates["ecs"]
     proxy = container(ecs, "threescale-proxy")
-    secrets = {s["Name"]: s["ValueFrom"] for s in proxy["Secrets"]}
+    plain = [s for s in proxy["Secrets"] if "Fn::If" not in s]
+    optional = [s["Fn::If"] for s in proxy["Secrets"] if "Fn::If" in s]
+    secrets = {s["Name"]: s["ValueFrom"] for s in plain}
     assert secrets == {
         "THREESCALE_SERVICE_TOKEN": {"Ref": "ServiceTokenArn"},
         "REDIS_AUTH_TOKEN": {"Fn::ImportValue": {"Fn::Sub": "${RedisStackName}-AuthTokenSecretArn"}},
     }
+    assert optional == [
+        [
+            "UsePortal",
+            {"Name": "THREESCALE_PORTAL_ENDPOINT", "ValueFrom": {"Ref": "PortalEndpointArn"}},
+            {"Ref": "AWS::NoValue"},
+        ]
+    ]
+    secrets["THREESCALE_PORTAL_ENDPOINT"] = {"Ref": "PortalEndpointArn"}
     env_names = {
         e["Name"]
         for c in one(ecs, "AWS::ECS::TaskDefinition")["Properties"]["ContainerDefinitions"]
@@ -384,7 +394,28 @@ def test_ecs_proxy_workers_left_empty_mean_one_per_cpu(templates: dict[str, dict
     assert re.fullmatch(ecs["Parameters"]["ProxyWorkers"]["AllowedPattern"], "")
 
 
-def proxy_config(ecs: dict[str, Any]) -> Any:
+def test_ecs_with_a_portal_endpoint_takes_services_from_3scale(templates: dict[str, dict[str, Any]]) -> None:
+    config = proxy_config(templates["ecs"], portal=True)
+    assert config.threescale.portal_endpoint == "https://portal-token@acme-admin.3scale.net"
+    assert [s.id for s in config.services] == ["2555417777820"]  # until the portal answers; then merged
+    statements = [
+        s
+        for p in templates["ecs"]["Resources"]["ExecutionRole"]["Properties"]["Policies"]
+        for s in p["PolicyDocument"]["Statement"]
+    ]
+    portal = [s["Fn::If"][1] for s in statements if "Fn::If" in s and s["Fn::If"][0] == "UsePortal"]
+    assert portal == [
+        {
+            "Sid": "PortalEndpoint",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": {"Ref": "PortalEndpointArn"},
+        }
+    ]
+    assert proxy_config(templates["ecs"]).threescale.portal_endpoint is None  # the default: no portal
+
+
+def proxy_config(ecs: dict[str, Any], *, portal: bool = False) -> Any:
     """THREESCALE_PROXY_CONFIG as the container sees it (CloudFormation's Sub done by hand), loaded by the proxy."""
     env = {e["Name"]: e["Value"] for e in container(ecs, "threescale-proxy")["Environment"]}
     assert env["PROXY_CONFIG"] == "env:THREESCALE_PROXY_CONFIG"  # config from that variable, not a file
@@ -395,7 +426,10 @@ def proxy_config(ecs: dict[str, Any]) -> Any:
         "RedisHost": "master.abc.use1.cache.amazonaws.com",
         "RedisPort": "6379",
     }
-    assert set(variables) == set(imports)
+    assert set(variables) == set(imports) | {"PortalLine"}
+    condition, with_portal, without = variables["PortalLine"]["Fn::If"]
+    assert condition == "UsePortal"
+    imports["PortalLine"] = with_portal if portal else without
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -409,6 +443,8 @@ def proxy_config(ecs: dict[str, Any]) -> Any:
         "REDIS_AUTH_TOKEN": "redis-secret-token",
         "THREESCALE_SERVICE_TOKEN": "service-token-from-secrets-manager",
     }
+    if portal:
+        secrets["THREESCALE_PORTAL_ENDPOINT"] = "https://portal-token@acme-admin.3scale.net"
     # exactly what the container does: PROXY_CONFIG=env:THREESCALE_PROXY_CONFIG, secrets in the environment
     return load_settings(env["PROXY_CONFIG"], env={**secrets, "THREESCALE_PROXY_CONFIG": rendered})
 
