@@ -171,36 +171,78 @@ def _expect(node: Any, kind: type) -> Any:
     return node
 
 
-_DATE_TIME = re.compile(
-    r"\s*(\d{4})[-/](\d{1,2})[-/](\d{1,2})"
-    r"(?:(?:T|\s+)(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,]\d+)?)?)?"
-    r"\s*(Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?\s*",
-    re.IGNORECASE,
+_RUBY_INTEGER = re.compile(
+    r"\s*([+-]?)(?:0[xX]([0-9a-fA-F]+(?:_[0-9a-fA-F]+)*)|0[bB]([01]+(?:_[01]+)*)|0[oO_]?([0-7]+(?:_[0-7]+)*)"
+    r"|([1-9][0-9]*(?:_[0-9]+)*|0))\s*"
 )
+_MONTHS = {
+    m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)
+}
+_TIME = r"(\d{1,2}):(\d{2})(?::(\d{2})([.,]\d+)?)?"
+_ZONE = r"(Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)"
+_FORMATS = [  # Date._parse's common shapes: (regex, the group names in order)
+    (
+        re.compile(rf"(\d{{4}})[-/](\d{{1,2}})[-/](\d{{1,2}})(?:(?:T|\s+){_TIME})?\s*{_ZONE}?", re.I),
+        ("year", "mon", "mday", "hour", "min", "sec", "frac", "zone"),
+    ),
+    (
+        re.compile(rf"(\d{{4}})(\d{{2}})(\d{{2}})(?:T(\d{{2}})(\d{{2}})(\d{{2}})?)?\s*{_ZONE}?", re.I),
+        ("year", "mon", "mday", "hour", "min", "sec", "zone"),
+    ),
+    (
+        re.compile(
+            rf"(?:[a-z]{{3,9}},?\s+)?(\d{{1,2}})\s+([a-z]{{3,9}})\.?\s+(\d{{4}})(?:\s+{_TIME})?\s*{_ZONE}?", re.I
+        ),
+        ("mday", "month", "year", "hour", "min", "sec", "frac", "zone"),
+    ),
+    (
+        re.compile(
+            rf"(?:[a-z]{{3,9}},?\s+)?([a-z]{{3,9}})\.?\s+(\d{{1,2}}),?\s+(\d{{4}})(?:\s+{_TIME})?\s*{_ZONE}?", re.I
+        ),
+        ("month", "mday", "year", "hour", "min", "sec", "frac", "zone"),
+    ),
+]
 
 
 def parse_timestamp(raw: Any, now: float) -> float:
-    """A report transaction's timestamp as Unix seconds; unparsable or empty values silently mean `now`.
-
-    Covers what clients send to apisonator (which uses Ruby's `Date._parse`): pure integers (Unix
-    seconds), `YYYY-MM-DD HH:MM:SS` with an optional `UTC`/`Z`/`+HHMM`/`-HH:MM`, ISO-8601, `YYYY/MM/DD`.
-    """
+    """A report transaction's timestamp as Unix seconds, as apisonator's Time.parse_to_utc reads it: Ruby's
+    `Integer()` first (sign, 0x/0b/0o or leading-0 octal, underscores between digits), then `Date._parse`,
+    which must find a year, a month and a day (a time and an offset are optional: midnight UTC without).
+    Of `Date._parse`'s many shapes these are covered: ISO 8601 (with `-` or `/`, `T` or a space, fractions,
+    `Z`/`UTC`/`GMT`/`+HH[:MM]`), compact `YYYYMMDD[THHMMSS]`, RFC 2822 (`Fri, 22 Aug 2014 09:06:30 GMT`) and
+    `Aug 22 2014`. Anything else, as with apisonator, means `now`."""
     if not isinstance(raw, str) or not raw.strip():
         return now
+    match = _RUBY_INTEGER.fullmatch(raw)
+    if match is not None:
+        sign, hexa, binary, octal, decimal = match.groups()
+        digits, base = next((d, b) for d, b in ((hexa, 16), (binary, 2), (octal, 8), (decimal, 10)) if d is not None)
+        value = int(digits.replace("_", ""), base)
+        return float(-value if sign == "-" else value)
     text = raw.strip()
-    if re.fullmatch(r"[0-9]+", text):
-        return float(int(text))
-    match = _DATE_TIME.fullmatch(text)
-    if match is None:
-        return now
-    year, month, day, hour, minute, second, zone = match.groups()
-    try:
-        moment = datetime(
-            int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=_zone(zone)
-        )
-    except ValueError:
-        return now
-    return moment.timestamp()
+    for regex, names in _FORMATS:
+        found = regex.fullmatch(text)
+        if found is None:
+            continue
+        parts = dict(zip(names, found.groups(), strict=True))
+        month = _MONTHS.get((parts.get("month") or "")[:3].lower()) if "month" in parts else int(parts["mon"])
+        if month is None:
+            return now
+        try:
+            moment = datetime(
+                int(parts["year"]),
+                month,
+                int(parts["mday"]),
+                int(parts.get("hour") or 0),
+                int(parts.get("min") or 0),
+                int(parts.get("sec") or 0),
+                tzinfo=_zone(parts.get("zone")),
+            )
+        except ValueError:
+            return now
+        fraction = parts.get("frac")
+        return moment.timestamp() + (float("0." + fraction[1:]) if fraction else 0.0)
+    return now
 
 
 def _zone(text: str | None) -> timezone:

@@ -1129,3 +1129,38 @@ def test_counters_of_windows_older_than_any_accepted_report_are_dropped():
     before = counters.get(SID, "free-key", "hits", "minute", old)
     counters.apply(SID, "free-key", {"hits": Usage(5)}, old)
     assert counters.get(SID, "free-key", "hits", "minute", old) == before + 5
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # apisonator's Time.parse_to_utc tries Ruby's Integer() first: signs, 0x/0b/0o and leading-0 octal,
+        # underscores between digits, surrounding whitespace
+        ("1408698390", 1408698390.0),
+        (" 1408698390 ", 1408698390.0),
+        ("1_408_698_390", 1408698390.0),
+        ("0x53F707D6", 1408698326.0),
+        ("010", 8.0),
+        ("+60", 60.0),
+        # then Date._parse, which needs a year, a month and a day (no time: midnight UTC)
+        ("2014-08-22 09:06:30 +0000", 1408698390.0),
+        ("2014-08-22T09:06:30.5+02:00", 1408691190.5),
+        ("2014-08-22", 1408665600.0),
+        ("Fri, 22 Aug 2014 09:06:30 GMT", 1408698390.0),
+        ("22 Aug 2014 09:06", 1408698360.0),
+        ("Aug 22 2014", 1408665600.0),
+        ("20140822T090630Z", 1408698390.0),
+        ("2014/08/22 09:06:30 UTC", 1408698390.0),
+    ],
+)
+def test_report_timestamps_are_parsed_as_apisonator_parses_them(raw, expected):
+    from proxy.emulator.params import parse_timestamp
+
+    assert parse_timestamp(raw, now=0.0) == expected
+
+
+@pytest.mark.parametrize("raw", ["08", "1__2", "_12", "yesterday", "2014-13-01", "09:06:30", ""])
+def test_a_timestamp_apisonator_cannot_read_means_now(raw):
+    from proxy.emulator.params import parse_timestamp
+
+    assert parse_timestamp(raw, now=123.0) == 123.0
