@@ -384,15 +384,25 @@ def _merge(base: Any, override: Any) -> Any:
 
 def merge_services(
     settings: Settings, base: list[Any], problems: list[tuple[str, str]]
-) -> list[ServiceSettings] | None:
+) -> dict[str, ServiceSettings | None]:
     """The services of a configuration from 3scale (`base`: entries from portal.apicast) with the YAML's
-    entries merged in, validated as the YAML is; None, with `problems`, when they do not validate."""
+    entries merged in, each validated as the YAML is, on its own: by id, in order, the settings, or None for
+    one that does not validate (its problems, named `services[i] (service ID).key`, go to `problems`), so
+    one bad service never holds the others back."""
     merged = merge_entries(_backends(base, settings.backend_url_explicit), list(settings.service_entries))
-    before = len(problems)
-    services = _build(list[ServiceSettings], merged, "services", problems)
-    if services is not None and len(problems) == before:
-        _check_services(services, problems)
-    return services if len(problems) == before else None
+    checked: dict[str, ServiceSettings | None] = {}
+    for i, entry in enumerate(merged):
+        sid = str(entry.get("id")) if isinstance(entry, dict) else f"#{i}"
+        path = f"services[{i}] (service {sid})"
+        own: list[tuple[str, str]] = []
+        service = _build(ServiceSettings, entry, path, own)
+        if service is not None and not own:
+            _check_service(service, path, len(merged), own)
+        if sid in checked:
+            own.append((f"{path}.id", f"duplicate service id {sid!r}"))
+        problems.extend(own)
+        checked[sid] = None if own or service is None else service
+    return checked
 
 
 # Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_8080_TCP_ADDR`, ... for every Service in the

@@ -102,8 +102,9 @@ class Metrics:
         )
         self.config_reloads = Counter(
             "threescale_proxy_config_reloads",
-            "Configuration loads from 3scale by result: ok (applied), unchanged, failed (the portal could not be "
-            "read), invalid (it did not validate), cached (the last good one, from Redis, at start).",
+            "Configuration loads from 3scale by result: ok (applied), partial (applied; a service that does not "
+            "validate kept its last good settings or stayed out), unchanged, failed (the portal could not be "
+            "read), invalid (no service could be served), cached (the last good one, from Redis, at start).",
             ["result"],
             registry=r,
         )

@@ -41,8 +41,8 @@ async def check_portal(settings: Settings) -> tuple[int, list[tuple[str, str]]]:
     finally:
         await client.close()
     entries, problems = entries_from_contents(contents, "proxy_configs")
-    services = merge_services(settings, entries, problems)
-    return len(services or ()), problems
+    checked = merge_services(settings, entries, problems)
+    return sum(1 for service in checked.values() if service is not None), problems
 
 
 class ConfigReloader:
@@ -67,8 +67,10 @@ class ConfigReloader:
         self._key = config_key(client.origin, client.environment)
         self._current: str | None = None  # the contents in use, as canonical JSON: unchanged ones are not applied
         self._contents: list[Any] | None = None
+        self._good: dict[str, ServiceSettings] = {}  # each service as last applied: kept when its new one is bad
         self.source: Source = "yaml" if settings.services else "none"
         self.loaded_at: float | None = None  # when the configuration in use was read from 3scale
+        self._last_result = "ok"  # of the last _use: "ok", or "partial" when a service kept its last good settings
 
     def age(self) -> float | None:
         """Seconds since the configuration in use was read from 3scale; None if it never was."""
@@ -116,32 +118,46 @@ class ConfigReloader:
             return True
         if not self._use(contents, now, "portal"):
             return False
-        self._metrics.config_reloads.labels("ok").inc()
+        self._metrics.config_reloads.labels(self._last_result).inc()
         await self._keep(contents, now)
         return True
 
     def _use(self, contents: list[Any], loaded_at: float, source: Source) -> bool:
-        """Convert, merge, validate and apply; False (counted, logged, nothing changed) if it does not validate."""
+        """Convert, merge, validate and apply. A service that cannot be served, or does not validate, keeps
+        its last good settings (or stays out if it has none): logged, and the load counts as "partial";
+        False (counted "invalid", nothing changed) only when no service at all can be served."""
         entries, problems = entries_from_contents(contents, "proxy_configs")
-        for key, message in problems:  # a service it cannot serve is left out; the others load
-            log.error("a service from 3scale cannot be served", extra={"fields": {"key": key, "problem": message}})
-        merged_problems: list[tuple[str, str]] = []
-        services = merge_services(self._settings, entries, merged_problems)
-        if services is None:
+        checked = merge_services(self._settings, entries, problems)
+        for key, message in problems:
+            log.error(
+                "a service from 3scale cannot be served as it is", extra={"fields": {"key": key, "problem": message}}
+            )
+        # a service 3scale still has, but that cannot be converted, keeps its last good settings too
+        listed = [str(c["id"]) for c in contents if isinstance(c, dict) and c.get("id") is not None]
+        for sid in listed:
+            if sid not in checked and sid in self._good:
+                checked[sid] = None
+        services: list[ServiceSettings] = []
+        kept: list[str] = []
+        for sid, service in checked.items():
+            if service is None and sid in self._good:
+                service = self._good[sid]
+                kept.append(sid)
+            if service is not None:
+                services.append(service)
+        if not services and (checked or problems):
             self._metrics.config_reloads.labels("invalid").inc()
-            for key, message in merged_problems:
-                log.error(
-                    "the configuration from 3scale does not validate; the last good one stays",
-                    extra={"fields": {"key": key, "problem": message}},
-                )
+            log.error("no service from 3scale can be served; the last good configuration stays")
             return False
         self._apply(services)
+        self._good = {service.id: service for service in services}
         self._contents = contents
         self._current = json.dumps(contents, sort_keys=True)
         self.loaded_at, self.source = loaded_at, source
+        self._last_result = "partial" if problems else "ok"
         log.info(
             "configuration from 3scale applied",
-            extra={"fields": {"source": source, "services": len(services), "skipped": len(problems)}},
+            extra={"fields": {"source": source, "services": len(services), "kept": kept, "problems": len(problems)}},
         )
         return True
 

@@ -229,7 +229,7 @@ async def test_check_config_portal_validates_what_the_portal_serves(tmp_path):
         assert proc.returncode == 1
         where = f"{config} (portal {emulator.url} production)"
         assert f"{where}: proxy_configs[2] (service 103): backend_version: 'oauth' is not supported" in err
-        assert f"{where}: services[1].mapping_rules[0].pattern: is not a valid pattern" in err
+        assert f"{where}: services[1] (service 102).mapping_rules[0].pattern: is not a valid pattern" in err
         assert "s3cr3t-portal-token" not in out + err and "Traceback" not in err
     finally:
         await emulator.stop()

@@ -143,12 +143,52 @@ async def test_a_portal_that_is_down_or_answers_garbage_keeps_the_last_good_conf
     broken = portal_emulator.portal.proxy(SERVICE_ID)
     broken["proxy_rules"] = [{"http_method": "GET", "pattern": "/a(b", "metric_system_name": "hits"}]
     portal_emulator.portal.set_proxy(SERVICE_ID, broken)
-    assert not await proxy.reload_config()  # does not validate: not applied
+    assert await proxy.reload_config()  # applied, but the service does not validate: it keeps its last good rules
     assert (await get(http, proxy, "/x"))[0] == 200
     text = proxy.metrics.render().decode()
     assert metric_value(text, "threescale_proxy_config_reloads_total", result="failed") == 3
-    assert metric_value(text, "threescale_proxy_config_reloads_total", result="invalid") == 1
+    assert metric_value(text, "threescale_proxy_config_reloads_total", result="partial") == 1
     assert metric_value(text, "threescale_proxy_config_reloads_total", result="ok") == 1
+
+
+async def test_one_service_that_does_not_validate_holds_no_other_back(upstream, make_proxy, http):
+    """A rule typo in one service: the others' changes apply, it keeps its last good settings, and a new service
+    that does not validate stays out; with nothing servable at all the last good configuration stays."""
+    emu = Emulator(portal_config(upstream.url, extra_services=1))
+    await emu.start()
+    try:
+        proxy = await make_proxy(settings_from_dict(proxy_raw(emu, upstream.url), env={}))
+        other, other_key = "10000", "key-of-10000-0123"
+        assert (await get(http, proxy, f"/v1?user_key={other_key}", host="s10000.example.com"))[0] == 200
+        broken = emu.portal.proxy(SERVICE_ID)
+        broken["proxy_rules"] = [{"http_method": "GET", "pattern": "/a(b", "metric_system_name": "hits"}]
+        emu.portal.set_proxy(SERVICE_ID, broken)
+        changed = emu.portal.proxy(other)
+        changed["proxy_rules"] = [{"http_method": "GET", "pattern": "/v2", "metric_system_name": "hits", "delta": 1}]
+        emu.portal.set_proxy(other, changed)
+        assert await proxy.reload_config()
+        assert (await get(http, proxy, "/x"))[0] == 200  # the broken one: its last good rules
+        assert (await get(http, proxy, f"/v1?user_key={other_key}", host="s10000.example.com"))[0] == 404
+        assert (await get(http, proxy, f"/v2?user_key={other_key}", host="s10000.example.com"))[0] == 200
+        text = proxy.metrics.render().decode()
+        assert metric_value(text, "threescale_proxy_config_reloads_total", result="partial") == 1
+        for sid in (SERVICE_ID, other):  # now neither can even be converted: both keep their last good settings
+            bad = emu.portal.proxy(sid)
+            bad["credentials_location"] = "cookie"
+            emu.portal.set_proxy(sid, bad)
+        assert await proxy.reload_config()
+        assert (await get(http, proxy, f"/v2?user_key={other_key}", host="s10000.example.com"))[0] == 200
+        assert (await get(http, proxy, "/x"))[0] == 200
+        text = proxy.metrics.render().decode()
+        assert metric_value(text, "threescale_proxy_config_reloads_total", result="partial") == 2
+        # a replica that starts now has no last good settings: nothing can be served, and it says so
+        fresh = await make_proxy(settings_from_dict(proxy_raw(emu, upstream.url), env={}))
+        async with http.get(f"http://127.0.0.1:{fresh.metrics_port}/readyz") as resp:
+            assert resp.status == 503 and (await resp.json())["status"] == "no_configuration"
+        text = fresh.metrics.render().decode()
+        assert metric_value(text, "threescale_proxy_config_reloads_total", result="invalid") == 1
+    finally:
+        await emu.stop()
 
 
 async def test_a_replica_that_starts_while_the_portal_is_down_serves_the_config_kept_in_redis(
